@@ -1,0 +1,35 @@
+# faceq: `make demo` runs a real audit job end to end; `make test` runs the test suite.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+# CPU wheels by default; on a GPU host: make install TORCH_INDEX=https://download.pytorch.org/whl/cu128
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+
+.PHONY: install demo test worker flower clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, from the chosen index, so nothing later pulls a multi-GB CUDA build
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==$(TORCH_VERSION)" --index-url $(TORCH_INDEX) \
+		|| $(PY) -m pip install -q "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m producer.demo
+
+test: install
+	$(PY) -m pytest -q
+
+worker: install
+	$(PY) -m workers --device $${FACEQ_DEVICE:-cpu}
+
+flower: install
+	$(VENV)/bin/celery -A workers.app flower --port=$${FLOWER_PORT:-5555}
+
+clean:
+	rm -rf $(VENV) .pytest_cache demo-output

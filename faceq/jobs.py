@@ -1,0 +1,121 @@
+"""The job model: items, chunks, the manifest, and where a job's objects live in storage.
+
+Messages carry item references (URIs and ids), never image bytes. Every name here is
+deterministic so that a redelivered chunk overwrites its own output instead of adding to it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from faceq.errors import JobError
+
+JOB_KINDS = ("audit", "attendance")
+MODES = ("crop",)
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def validate_job_id(job_id: str) -> str:
+    if not _JOB_ID.match(job_id):
+        raise JobError(f"job id {job_id!r}: use 1-128 letters, digits, '.', '_' or '-'")
+    return job_id
+
+
+def manifest_key(job_id: str) -> str:
+    return f"jobs/{job_id}/manifest.json"
+
+
+def results_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}/results/"
+
+
+def part_key(job_id: str, chunk_index: int) -> str:
+    return f"{results_prefix(job_id)}part-{chunk_index:05d}.parquet"
+
+
+def summary_key(job_id: str) -> str:
+    return f"jobs/{job_id}/summary.json"
+
+
+def review_key(job_id: str) -> str:
+    return f"jobs/{job_id}/review.csv"
+
+
+def inputs_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}/inputs/"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input image. ``fields`` carries manifest columns into the output (attendance)."""
+
+    item_id: str
+    source_uri: str
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChunkSpec:
+    """The payload of one chunk task: everything a worker needs, as plain JSON."""
+
+    job_id: str
+    run_id: str
+    kind: str
+    index: int
+    mode: str
+    items: tuple[Item, ...]
+
+    def to_message(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_message(cls, data: dict[str, Any]) -> "ChunkSpec":
+        items = tuple(Item(**item) for item in data["items"])
+        return cls(**{**data, "items": items})
+
+
+@dataclass(frozen=True)
+class JobManifest:
+    """Written to ``jobs/<id>/manifest.json`` before anything is enqueued."""
+
+    job_id: str
+    run_id: str
+    kind: str
+    mode: str
+    source: str
+    created_at: str
+    chunk_size: int
+    items: tuple[Item, ...]
+    model_weights: str | None = None
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-len(self.items) // self.chunk_size)
+
+    def chunks(self) -> list[ChunkSpec]:
+        return [
+            ChunkSpec(
+                job_id=self.job_id,
+                run_id=self.run_id,
+                kind=self.kind,
+                index=index,
+                mode=self.mode,
+                items=self.items[index * self.chunk_size : (index + 1) * self.chunk_size],
+            )
+            for index in range(self.n_chunks)
+        ]
+
+    def to_json(self) -> bytes:
+        data = asdict(self) | {"n_items": len(self.items), "n_chunks": self.n_chunks}
+        return json.dumps(data, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "JobManifest":
+        data = json.loads(raw)
+        data.pop("n_items", None)
+        data.pop("n_chunks", None)
+        data["items"] = tuple(Item(**item) for item in data["items"])
+        return cls(**data)

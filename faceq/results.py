@@ -1,0 +1,89 @@
+"""The output contract: one row per input item, one Parquet object per chunk.
+
+Columns (see README "Output contract"): item_id, source_uri, status, error, embedding,
+quality, needs_review, review_reasons, face_count, bbox, landmarks, model_id, processed_at,
+followed by the job's manifest columns (attendance: record_id, employee_id, …) as strings.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+EMBEDDING_DIM = 512
+STATUSES = ("ok", "no_face", "error")
+
+BASE_SCHEMA = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("source_uri", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("embedding", pa.list_(pa.float32(), EMBEDDING_DIM)),
+        ("quality", pa.float32()),
+        ("needs_review", pa.bool_()),
+        ("review_reasons", pa.list_(pa.string())),
+        ("face_count", pa.int32()),
+        ("bbox", pa.list_(pa.float32(), 4)),
+        ("landmarks", pa.list_(pa.float32(), 10)),
+        ("model_id", pa.string()),
+        ("processed_at", pa.timestamp("ms", tz="UTC")),
+    ]
+)
+
+
+@dataclass
+class ItemResult:
+    item_id: str
+    source_uri: str
+    status: str
+    model_id: str
+    processed_at: datetime
+    error: str | None = None
+    embedding: np.ndarray | None = None
+    quality: float | None = None
+    needs_review: bool = False
+    review_reasons: list[str] = field(default_factory=list)
+    face_count: int = 0
+    bbox: list[float] | None = None
+    landmarks: list[float] | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def to_table(rows: list[ItemResult], extra_columns: list[str]) -> pa.Table:
+    """Rows → an Arrow table with the contract schema plus string ``extra_columns``."""
+    columns = {
+        "item_id": [r.item_id for r in rows],
+        "source_uri": [r.source_uri for r in rows],
+        "status": [r.status for r in rows],
+        "error": [r.error for r in rows],
+        "embedding": [None if r.embedding is None else r.embedding.astype(np.float32) for r in rows],
+        "quality": [r.quality for r in rows],
+        "needs_review": [r.needs_review for r in rows],
+        "review_reasons": [r.review_reasons for r in rows],
+        "face_count": [r.face_count for r in rows],
+        "bbox": [r.bbox for r in rows],
+        "landmarks": [r.landmarks for r in rows],
+        "model_id": [r.model_id for r in rows],
+        "processed_at": [r.processed_at for r in rows],
+    }
+    schema = BASE_SCHEMA
+    for name in extra_columns:
+        schema = schema.append(pa.field(name, pa.string()))
+        columns[name] = [r.fields.get(name) for r in rows]
+    return pa.table(columns, schema=schema)
+
+
+def to_parquet(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def read_parquet(data: bytes, columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(io.BytesIO(data), columns=columns)

@@ -1,0 +1,108 @@
+"""Every faceq setting, read once from the environment into one frozen object."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from faceq.errors import ConfigError
+
+DEFAULT_STORAGE_DIR = Path.home() / ".faceq" / "store"
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return default if value is None or value.strip() == "" else value.strip()
+
+
+def _int(name: str, default: int, minimum: int = 1) -> int:
+    raw = _env(name)
+    try:
+        value = default if raw is None else int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be ≥ {minimum}")
+    return value
+
+
+def _float(name: str, default: float) -> float:
+    raw = _env(name)
+    try:
+        return default if raw is None else float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+
+
+@dataclass(frozen=True)
+class ReviewThresholds:
+    """The seed's trust rules (see ../shared/SEED.md); configurable, defaults are the seed's."""
+
+    review_quality: float = 0.4  # below: the embedding is not trustworthy → manual review
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    storage_url: str = DEFAULT_STORAGE_DIR.as_uri()
+    s3_endpoint_url: str | None = None
+    model_weights: str | None = None
+    model_arch: str = "ir_se_64"
+    model_seed: int = 0
+    device: str = "cpu"
+    precision: str = "fp32"
+    max_batch: int = 64
+    max_delay_ms: float = 5.0
+    chunk_size: int = 256
+    queue: str = "faceq"
+    io_threads: int = 8
+    max_image_bytes: int = 32 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+    thresholds: ReviewThresholds = field(default_factory=ReviewThresholds)
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        d = cls()
+        return cls(
+            broker_url=_env("FACEQ_BROKER_URL", d.broker_url),
+            storage_url=_env("FACEQ_STORAGE_URL", d.storage_url),
+            s3_endpoint_url=_env("FACEQ_S3_ENDPOINT_URL"),
+            model_weights=_env("FACEQ_MODEL_WEIGHTS"),
+            model_arch=_env("FACEQ_MODEL_ARCH", d.model_arch),
+            model_seed=_int("FACEQ_MODEL_SEED", d.model_seed, minimum=0),
+            device=_env("FACEQ_DEVICE", d.device),
+            precision=_env("FACEQ_PRECISION", d.precision),
+            max_batch=_int("FACEQ_MAX_BATCH", d.max_batch),
+            max_delay_ms=_float("FACEQ_MAX_DELAY_MS", d.max_delay_ms),
+            chunk_size=_int("FACEQ_CHUNK_SIZE", d.chunk_size),
+            queue=_env("FACEQ_QUEUE", d.queue),
+            io_threads=_int("FACEQ_IO_THREADS", d.io_threads),
+            max_image_bytes=_int("FACEQ_MAX_IMAGE_BYTES", d.max_image_bytes),
+            max_image_pixels=_int("FACEQ_MAX_IMAGE_PIXELS", d.max_image_pixels),
+            thresholds=ReviewThresholds(
+                review_quality=_float("FACEQ_REVIEW_QUALITY", ReviewThresholds.review_quality),
+            ),
+        )
+
+
+# Every environment variable faceq reads (besides the standard AWS_* ones). The compose test
+# checks docker-compose.yml against this list so the two cannot drift apart.
+ENV_VARS = (
+    "FACEQ_BROKER_URL",
+    "FACEQ_STORAGE_URL",
+    "FACEQ_S3_ENDPOINT_URL",
+    "FACEQ_MODEL_WEIGHTS",
+    "FACEQ_MODEL_ARCH",
+    "FACEQ_MODEL_SEED",
+    "FACEQ_DEVICE",
+    "FACEQ_PRECISION",
+    "FACEQ_MAX_BATCH",
+    "FACEQ_MAX_DELAY_MS",
+    "FACEQ_CHUNK_SIZE",
+    "FACEQ_QUEUE",
+    "FACEQ_IO_THREADS",
+    "FACEQ_MAX_IMAGE_BYTES",
+    "FACEQ_MAX_IMAGE_PIXELS",
+    "FACEQ_REVIEW_QUALITY",
+)

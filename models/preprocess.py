@@ -1,0 +1,77 @@
+"""Bytes → a 112×112 uint8 BGR face crop, with a clear error for every kind of bad input.
+
+Decoding uses Pillow (it reads the header before the pixels, so size limits are checked
+before any large allocation, and it reports truncation instead of padding with grey).
+Crop mode treats the whole image as the face and resizes it, as ModelScope's pipeline does
+without detection. Normalisation to [-1, 1] happens later, on the model's device.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from faceq.errors import BadInputError
+from models.rts import INPUT_SIZE
+
+
+@dataclass(frozen=True)
+class FaceCrop:
+    pixels: np.ndarray  # (112, 112, 3) uint8, BGR
+    bbox: list[float]  # x1, y1, x2, y2 in the decoded image
+    face_count: int
+
+
+def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """Decode to an (H, W, 3) uint8 BGR array, EXIF orientation applied."""
+    if not data:
+        raise BadInputError("empty", "the file is empty (0 bytes)")
+    if len(data) > max_bytes:
+        raise BadInputError("too_large", f"{len(data)} bytes exceeds FACEQ_MAX_IMAGE_BYTES={max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise BadInputError("not_an_image", "not a recognised image format (JPEG, PNG, WebP, BMP, TIFF, …)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadInputError("too_large", "image dimensions exceed Pillow's decompression-bomb limit") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise BadInputError(
+            "too_large", f"{width}×{height} = {width * height} pixels exceeds FACEQ_MAX_IMAGE_PIXELS={max_pixels}"
+        )
+    if width == 0 or height == 0:
+        raise BadInputError("corrupt", f"image has no pixels ({width}×{height})")
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        rgb = image.convert("RGB")
+    except OSError as exc:
+        code = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+        raise BadInputError(code, f"{image.format or 'image'} data cannot be decoded: {exc}") from None
+    except (SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadInputError("corrupt", f"{image.format or 'image'} data cannot be decoded: {exc}") from None
+    return np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
+
+
+def crop_face(image_bgr: np.ndarray) -> FaceCrop:
+    """Crop mode: the input is already a face crop; resize it to the network's input."""
+    height, width = image_bgr.shape[:2]
+    pixels = cv2.resize(image_bgr, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_LINEAR)
+    return FaceCrop(pixels=pixels, bbox=[0.0, 0.0, float(width), float(height)], face_count=1)
+
+
+def normalize_batch(batch_bgr_uint8, dtype=None):
+    """(N, 112, 112, 3) uint8 BGR tensor → (N, 3, 112, 112) RGB in [-1, 1], on its device.
+
+    The reference: BGR→RGB, CHW, ``(x / 255 − 0.5) / 0.5``.
+    """
+    x = batch_bgr_uint8.flip(-1).permute(0, 3, 1, 2)
+    x = x.float().div_(255.0).sub_(0.5).div_(0.5)
+    return x if dtype is None else x.to(dtype)

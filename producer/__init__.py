@@ -1,0 +1,1 @@
+"""faceq producer: plan jobs, enqueue chunks, follow progress."""

@@ -1,0 +1,1 @@
+"""faceq workers: a Celery worker per device holding the RTS model warm."""

@@ -1,0 +1,44 @@
+"""``python -m workers --device cpu|cuda:N [--concurrency K]``: one Celery worker per device."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
+    parser.add_argument("--device", default=os.environ.get("FACEQ_DEVICE", "cpu"), help="cpu or cuda:N")
+    parser.add_argument(
+        "--concurrency", type=int, default=1, help="task threads sharing the one warm model (default 1: solo pool)"
+    )
+    parser.add_argument("--queue", default=None, help="queue to consume (default FACEQ_QUEUE or 'faceq')")
+    parser.add_argument("--hostname", default=None, help="worker name shown in Flower")
+    parser.add_argument("--loglevel", default="INFO")
+    args = parser.parse_args(argv)
+
+    # The device is fixed before the app (and torch) is imported; CUDA starts in this process.
+    os.environ["FACEQ_DEVICE"] = args.device
+    if args.queue:
+        os.environ["FACEQ_QUEUE"] = args.queue
+    from workers.app import app
+
+    hostname = args.hostname or f"faceq-{args.device.replace(':', '')}@{socket.gethostname()}"
+    pool = "solo" if args.concurrency == 1 else "threads"
+    app.worker_main(
+        [
+            "worker",
+            f"--pool={pool}",
+            f"--concurrency={args.concurrency}",
+            f"--hostname={hostname}",
+            f"--loglevel={args.loglevel}",
+            f"--queues={app.conf.task_default_queue}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main()

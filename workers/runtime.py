@@ -1,0 +1,54 @@
+"""The per-process worker state: settings, storage, ledger and the warm engine.
+
+Built once by the ``worker_init`` signal, in the process that runs tasks (the worker uses
+the ``solo`` or ``threads`` pool, so no CUDA context ever crosses a fork), before the worker
+consumes its first message. A model that cannot load stops the worker at start, loudly.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from dataclasses import dataclass
+
+from faceq.ledger import Ledger
+from faceq.settings import Settings
+from faceq.storage import Storage, open_storage
+from models.weights import load_model
+from workers.engine import Engine
+from workers.service import ChunkProcessor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    storage: Storage
+    ledger: Ledger
+    engine: Engine
+    processor: ChunkProcessor
+
+
+_runtime: Runtime | None = None
+_lock = threading.Lock()
+
+
+def build_runtime(settings: Settings, worker_name: str | None = None) -> Runtime:
+    storage = open_storage(settings.storage_url, settings.s3_endpoint_url)
+    ledger = Ledger.from_url(settings.broker_url)
+    loaded = load_model(settings.model_weights, settings.model_arch, settings.model_seed, settings.s3_endpoint_url)
+    engine = Engine(loaded, settings.device, settings.precision, settings.max_batch)
+    name = worker_name or f"faceq-{settings.device.replace(':', '')}@{socket.gethostname()}"
+    processor = ChunkProcessor(settings, storage, ledger, engine, name)
+    log.info("faceq worker ready: device=%s storage=%s model_id=%s", engine.device, storage.url, engine.model_id)
+    return Runtime(settings, storage, ledger, engine, processor)
+
+
+def get_runtime(worker_name: str | None = None) -> Runtime:
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            _runtime = build_runtime(Settings.from_env(), worker_name)
+        return _runtime

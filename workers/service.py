@@ -1,0 +1,160 @@
+"""Chunk processing and job finalization as plain Python services (no Celery here).
+
+``ChunkProcessor.process`` turns one chunk of item references into one Parquet object:
+fetch + decode + crop in a thread pool (I/O and Pillow/OpenCV release the GIL), one pass of
+the good crops through the engine, and an ``error`` row for every item that failed — a bad
+item never fails its chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import Enum
+
+import numpy as np
+
+from faceq import jobs
+from faceq.errors import BadInputError, StorageError
+from faceq.jobs import ChunkSpec, Item, JobManifest
+from faceq.ledger import ChunkRecord, Ledger
+from faceq.results import ItemResult, to_parquet, to_table
+from faceq.settings import Settings
+from faceq.storage import Storage
+from faceq.summary import finalize
+from models.decisions import review_reasons
+from models.preprocess import FaceCrop, crop_face, decode_image
+from workers.engine import Engine
+
+log = logging.getLogger(__name__)
+
+FINALIZE_LEASE_SECONDS = 300
+
+
+class FinalizeOutcome(Enum):
+    WRITTEN = "written"
+    ALREADY_DONE = "already_done"
+    BUSY = "busy"  # another worker holds the lease (or died holding it): try again later
+    STALE = "stale"
+
+
+@dataclass(frozen=True)
+class ChunkOutcome:
+    record: ChunkRecord
+    n_items: int
+    n_errors: int
+    n_flagged: int
+    seconds: float
+
+
+class ChunkProcessor:
+    def __init__(self, settings: Settings, storage: Storage, ledger: Ledger, engine: Engine, worker: str):
+        self.settings = settings
+        self.storage = storage
+        self.ledger = ledger
+        self.engine = engine
+        self.worker = worker
+        self._io = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="faceq-io")
+
+    def close(self) -> None:
+        self._io.shutdown(wait=True)
+
+    def _prepare(self, item: Item) -> FaceCrop | BadInputError:
+        try:
+            data = self.storage.read_uri(item.source_uri)
+        except StorageError as exc:
+            return BadInputError("unreadable", str(exc))
+        try:
+            image = decode_image(data, self.settings.max_image_bytes, self.settings.max_image_pixels)
+            return crop_face(image)
+        except BadInputError as exc:
+            return exc
+        except Exception as exc:  # a decoder bug on one file must not cost the chunk
+            log.exception("unexpected error preparing %s", item.source_uri)
+            return BadInputError("internal", f"{type(exc).__name__}: {exc}")
+
+    def rows(self, spec: ChunkSpec) -> list[ItemResult]:
+        """One result row per item, in item order."""
+        prepared = list(self._io.map(self._prepare, spec.items))
+        good = [i for i, p in enumerate(prepared) if isinstance(p, FaceCrop)]
+        embeddings, quality = (None, None)
+        if good:
+            embeddings, quality = self.engine.infer(np.stack([prepared[i].pixels for i in good]))
+        position = {item_index: k for k, item_index in enumerate(good)}
+        now = datetime.now(timezone.utc)
+        rows = []
+        for i, (item, outcome) in enumerate(zip(spec.items, prepared)):
+            row = ItemResult(
+                item_id=item.item_id,
+                source_uri=item.source_uri,
+                status="error",
+                model_id=self.engine.model_id,
+                processed_at=now,
+                fields=item.fields,
+            )
+            if isinstance(outcome, BadInputError):
+                row.error = str(outcome)
+            else:
+                k = position[i]
+                row.status = "ok"
+                row.embedding = embeddings[k]
+                row.quality = float(quality[k])
+                row.face_count = outcome.face_count
+                row.bbox = outcome.bbox
+            row.review_reasons = review_reasons(row.status, row.quality, self.settings.thresholds)
+            row.needs_review = bool(row.review_reasons)
+            rows.append(row)
+        return rows
+
+    def process(self, spec: ChunkSpec) -> ChunkOutcome:
+        start = time.perf_counter()
+        if not self.ledger.is_current(spec.job_id, spec.run_id):
+            log.warning("job %s chunk %d: stale message of an earlier run, dropped", spec.job_id, spec.index)
+            return ChunkOutcome(ChunkRecord.STALE, 0, 0, 0, 0.0)
+        rows = self.rows(spec)
+        extra = list(spec.items[0].fields) if spec.items else []
+        self.storage.put_bytes(jobs.part_key(spec.job_id, spec.index), to_parquet(to_table(rows, extra)))
+        seconds = time.perf_counter() - start
+        n_errors = sum(r.status == "error" for r in rows)
+        n_flagged = sum(r.needs_review for r in rows)
+        stats = {
+            "n_items": len(rows),
+            "n_errors": n_errors,
+            "n_flagged": n_flagged,
+            "seconds": round(seconds, 4),
+            "finished_at": time.time(),
+            "worker": self.worker,
+        }
+        record = self.ledger.record_chunk(spec.job_id, spec.run_id, spec.index, stats)
+        log.info(
+            "job %s chunk %d: %d items, %d errors, %d flagged in %.2fs (%.1f items/s) → %s",
+            spec.job_id, spec.index, len(rows), n_errors, n_flagged, seconds, len(rows) / max(seconds, 1e-9),
+            record.name.lower(),
+        )
+        return ChunkOutcome(record, len(rows), n_errors, n_flagged, seconds)
+
+
+def finalize_job(storage: Storage, ledger: Ledger, job_id: str, run_id: str) -> FinalizeOutcome:
+    """Write summary.json and review.csv exactly once per run, whoever finished last."""
+    progress = ledger.progress(job_id)
+    if progress is None or progress.run_id != run_id:
+        return FinalizeOutcome.STALE
+    if progress.complete:
+        return FinalizeOutcome.ALREADY_DONE
+    if not ledger.claim_finalize(job_id, run_id, FINALIZE_LEASE_SECONDS):
+        return FinalizeOutcome.BUSY
+    try:
+        manifest = JobManifest.from_json(storage.get_bytes(jobs.manifest_key(job_id)))
+        if manifest.run_id != run_id:
+            ledger.release_finalize(job_id)
+            return FinalizeOutcome.STALE
+        summary = finalize(storage, manifest, progress, ledger.chunk_stats(job_id))
+    except BaseException:
+        ledger.release_finalize(job_id)
+        raise
+    ledger.mark_done(job_id, run_id)
+    log.info("job %s finalized: %s", job_id, summary["counts"])
+    return FinalizeOutcome.WRITTEN

@@ -1,0 +1,61 @@
+"""Celery tasks: thin adapters from messages to the services in ``workers.service``."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from celery import Task
+from celery.signals import worker_init
+
+from faceq.errors import StorageError
+from faceq.jobs import ChunkSpec
+from faceq.ledger import ChunkRecord
+from workers.app import FINALIZE_JOB, PROCESS_CHUNK, app
+from workers.runtime import get_runtime
+from workers.service import FinalizeOutcome, finalize_job
+
+log = logging.getLogger(__name__)
+
+TRANSIENT = (StorageError, redis.ConnectionError, redis.TimeoutError)
+
+
+@worker_init.connect
+def _load_model_before_first_task(sender=None, **_):
+    """Load and warm the model before the worker consumes anything."""
+    get_runtime(getattr(sender, "hostname", None))
+
+
+class ChunkTask(Task):
+    """Records a chunk that gave up (after its retries) so ``producer wait`` can say why."""
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        spec = ChunkSpec.from_message(args[0] if args else kwargs["chunk"])
+        message = f"{type(exc).__name__}: {exc}"
+        get_runtime().ledger.record_failure(spec.job_id, spec.run_id, spec.index, message)
+        log.error("job %s chunk %d failed for good: %s", spec.job_id, spec.index, message)
+
+
+@app.task(
+    name=PROCESS_CHUNK,
+    base=ChunkTask,
+    autoretry_for=TRANSIENT,
+    retry_backoff=2,
+    retry_backoff_max=60,
+    max_retries=5,
+)
+def process_chunk(chunk: dict) -> dict:
+    spec = ChunkSpec.from_message(chunk)
+    outcome = get_runtime().processor.process(spec)
+    if outcome.record is ChunkRecord.COMPLETE:
+        finalize_job_task.delay(spec.job_id, spec.run_id)
+    return {"items": outcome.n_items, "errors": outcome.n_errors, "flagged": outcome.n_flagged}
+
+
+@app.task(name=FINALIZE_JOB, bind=True, autoretry_for=TRANSIENT, retry_backoff=2, max_retries=10)
+def finalize_job_task(self, job_id: str, run_id: str) -> str:
+    runtime = get_runtime()
+    outcome = finalize_job(runtime.storage, runtime.ledger, job_id, run_id)
+    if outcome is FinalizeOutcome.BUSY:
+        raise self.retry(countdown=15, max_retries=40)
+    return outcome.value
