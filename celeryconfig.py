@@ -26,6 +26,10 @@ result_serializer = "json"
 accept_content = ["json"]
 event_serializer = "json"
 
+# How often a chunk retries a transient failure (storage or Redis unreachable) before the job
+# is marked as unable to complete.
+task_annotations = {"faceq.process_chunk": {"max_retries": int(os.environ.get("FACEQ_CHUNK_MAX_RETRIES") or 5)}}
+
 task_ignore_result = True  # outputs go to storage and progress to the Redis ledger
 task_acks_late = True
 task_reject_on_worker_lost = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     attendance = commands.add_parser("attendance", help="score the check-in photos of an attendance manifest")
     attendance.add_argument("manifest", type=Path, help="CSV: record_id, employee_id, image, device_id, captured_at")
     _add_job_options(attendance)
-    status = commands.add_parser("status", help="progress of a job (and its summary once done)")
+    status = commands.add_parser("status", help="progress of a job as JSON (with its summary once done)")
     status.add_argument("job_id")
     wait = commands.add_parser("wait", help="wait for a job to finish, with progress")
     wait.add_argument("job_id")
@@ -104,12 +105,8 @@ def run(args: argparse.Namespace) -> int:
     if progress is None:
         print(f"no job {args.job_id!r} on {settings.broker_url}", file=sys.stderr)
         return 2
-    print(json.dumps(
-        {"job_id": progress.job_id, "state": progress.state, "items_done": progress.items_done,
-         "n_items": progress.n_items, "chunks_done": progress.chunks_done, "n_chunks": progress.n_chunks,
-         "failed_chunks": progress.failed}, indent=2))
-    if progress.complete:
-        _print_summary(json.loads(storage.get_bytes(jobs.summary_key(args.job_id))), storage)
+    summary = json.loads(storage.get_bytes(jobs.summary_key(args.job_id))) if progress.complete else None
+    print(json.dumps({**dataclasses.asdict(progress), "summary": summary}, indent=2))
     return 0
 
 

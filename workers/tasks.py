@@ -42,7 +42,6 @@ class ChunkTask(Task):
     autoretry_for=TRANSIENT,
     retry_backoff=2,
     retry_backoff_max=60,
-    max_retries=5,
 )
 def process_chunk(chunk: dict) -> dict:
     spec = ChunkSpec.from_message(chunk)

@@ -1,0 +1,90 @@
+"""Shared fixtures: a real redis-server, moto's S3 server over HTTP, real worker processes.
+
+Everything listens on loopback ports chosen at run time and is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+
+from faceq.devstack import RedisServer, WorkerProcess, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+os.environ.update(AWS_ENV)  # moto accepts any credentials; never real ones in tests
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> RedisServer:
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        os.environ["FACEQ_BROKER_URL"] = server.url  # celeryconfig reads it on first use
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> str:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_client(s3_endpoint):
+    return boto3.client("s3", endpoint_url=s3_endpoint)
+
+
+@pytest.fixture
+def bucket(s3_client, request) -> str:
+    slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())[:40].strip("-")
+    name = f"t-{slug}-{free_port()}"
+    s3_client.create_bucket(Bucket=name)
+    return name
+
+
+def worker_env(broker_url: str, storage_url: str, s3_endpoint: str | None = None, **extra: str) -> dict[str, str]:
+    """Environment of a worker or producer process in the tests (tiny network, small chunks)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEQ_")}
+    env.update(AWS_ENV)
+    env.update(
+        FACEQ_BROKER_URL=broker_url,
+        FACEQ_STORAGE_URL=storage_url,
+        FACEQ_MODEL_ARCH="ir_se_tiny",
+        FACEQ_MAX_BATCH="16",
+        FACEQ_CHUNK_SIZE="32",
+        PYTHONPATH=str(REPO),
+    )
+    if s3_endpoint:
+        env["FACEQ_S3_ENDPOINT_URL"] = s3_endpoint
+    env.update(extra)
+    return env
+
+
+def start_worker(env: dict[str, str], tmp_path: Path, name: str) -> WorkerProcess:
+    return WorkerProcess(env, tmp_path / f"{name}.log", hostname=f"{name}-{free_port()}@localhost").start()
+
+
+def assert_embedding_ok(embedding) -> None:
+    vector = np.asarray(embedding, dtype=np.float32)
+    assert vector.shape == (512,)
+    assert np.isfinite(vector).all()
+    assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-4
+
+
+@pytest.fixture
+def python() -> str:
+    return sys.executable

@@ -1,0 +1,202 @@
+"""Real jobs through the real path: producer CLI → redis-server → worker process → storage.
+
+Two stacks (S3 via moto over HTTP, and file://), each with its own redis-server and worker
+subprocess running the tiny IR-SE variant; the CLI runs as a subprocess, as users run it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from faceq import jobs
+from faceq.devstack import RedisServer, WorkerProcess
+from faceq.results import read_parquet
+from faceq.storage import Storage, open_storage
+from producer.samples import write_sample_set
+from tests.conftest import assert_embedding_ok, start_worker, worker_env
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    storage: Storage
+    worker: WorkerProcess
+
+    def producer(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "producer", *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+
+    def rows(self, job_id: str) -> pa.Table:
+        keys = list(self.storage.list_keys(jobs.results_prefix(job_id)))
+        return pa.concat_tables(read_parquet(self.storage.get_bytes(k)) for k in keys)
+
+    def summary(self, job_id: str) -> dict:
+        return json.loads(self.storage.get_bytes(jobs.summary_key(job_id)))
+
+
+def _stack(tmp: Path, storage_url: str, s3_endpoint: str | None, name: str, **extra: str):
+    with RedisServer(tmp / "redis") as redis_server:
+        env = worker_env(redis_server.url, storage_url, s3_endpoint, **extra)
+        worker = start_worker(env, tmp, name)
+        try:
+            yield Stack(env, open_storage(storage_url, s3_endpoint), worker)
+        finally:
+            worker.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_stack(tmp_path_factory, s3_endpoint, s3_client):
+    s3_client.create_bucket(Bucket="faceq-e2e")
+    yield from _stack(tmp_path_factory.mktemp("s3stack"), "s3://faceq-e2e/faceq", s3_endpoint, "s3-worker")
+
+
+@pytest.fixture(scope="module")
+def file_stack(tmp_path_factory, s3_endpoint):
+    tmp = tmp_path_factory.mktemp("filestack")
+    yield from _stack(tmp, (tmp / "store").as_uri(), s3_endpoint, "file-worker")
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("samples")
+    return root, write_sample_set(root, n_good=100)
+
+
+def _check_audit(stack: Stack, job_id: str, expected: dict[str, str]) -> pa.Table:
+    rows = stack.rows(job_id)
+    assert rows.schema.field("embedding").type == pa.list_(pa.float32(), 512)
+    by_id = {row["item_id"]: row for row in rows.to_pylist()}
+    assert rows.num_rows == len(by_id) == len(expected)  # exactly one row per item
+    assert set(by_id) == set(expected)
+    for item_id, want in expected.items():
+        row = by_id[item_id]
+        if want == "ok":
+            assert row["status"] == "ok", row["error"]
+            assert_embedding_ok(row["embedding"])
+        else:
+            assert row["status"] == "error" and row["needs_review"] and "error" in row["review_reasons"]
+            assert row["error"].startswith(f"{want}: "), row["error"]
+    summary = stack.summary(job_id)
+    assert summary["n_rows"] == len(expected)
+    assert summary["counts"]["status"]["error"] == sum(v != "ok" for v in expected.values())
+    assert stack.storage.exists(jobs.review_key(job_id))
+    return rows
+
+
+def test_audit_of_a_local_directory_through_s3(s3_stack, samples):
+    root, expected = samples
+    done = s3_stack.producer("audit", str(root), "--job-id", "e2e-s3", "--wait", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert "job e2e-s3 done: 106 rows for 106 items" in done.stdout
+    rows = _check_audit(s3_stack, "e2e-s3", expected)
+    # the workers read uploaded copies, not the producer's disk
+    assert all(uri.startswith("s3://faceq-e2e/faceq/jobs/e2e-s3/inputs/") for uri in rows.column("source_uri").to_pylist())
+    assert s3_stack.worker.alive() and s3_stack.worker.hostname in s3_stack.worker.ping()
+
+
+def test_audit_of_an_s3_prefix(s3_stack, s3_client, samples):
+    root, expected = samples
+    subset = {k: v for k, v in expected.items() if k.startswith("broken/") or k.endswith(("0.jpg", "1.png"))}
+    for name in subset:
+        s3_client.put_object(Bucket="faceq-e2e", Key=f"photos/{name}", Body=(root / name).read_bytes())
+    done = s3_stack.producer("audit", "s3://faceq-e2e/photos", "--job-id", "e2e-prefix", "--wait", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    rows = _check_audit(s3_stack, "e2e-prefix", subset)
+    assert rows.column("source_uri")[0].as_py().startswith("s3://faceq-e2e/photos/")
+
+
+def test_audit_on_file_storage(file_stack, samples):
+    root, expected = samples
+    done = file_stack.producer("audit", str(root), "--job-id", "e2e-file", "--wait", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    rows = _check_audit(file_stack, "e2e-file", expected)
+    # same machine: the worker reads the files in place, nothing is copied
+    assert rows.column("source_uri")[0].as_py().startswith(root.as_uri())
+    assert file_stack.worker.alive()
+
+
+def test_rerunning_a_job_id_replaces_its_rows(file_stack, samples):
+    root, expected = samples
+    first = file_stack.producer("audit", str(root), "--job-id", "e2e-rerun", "--chunk-size", "16", "--wait",
+                                "--no-progress")
+    assert first.returncode == 0, first.stderr
+    second = file_stack.producer("audit", str(root), "--job-id", "e2e-rerun", "--chunk-size", "50", "--wait",
+                                 "--no-progress")
+    assert second.returncode == 0, second.stderr
+    rows = file_stack.rows("e2e-rerun")
+    assert rows.num_rows == len(expected)
+    assert len(set(rows.column("item_id").to_pylist())) == len(expected)
+    assert file_stack.summary("e2e-rerun")["n_chunks"] == 3
+
+
+def test_attendance_manifest_carries_its_columns_into_the_output(file_stack, samples, tmp_path):
+    root, expected = samples
+    good = [k for k, v in expected.items() if v == "ok"][:6]
+    manifest = tmp_path / "checkins.csv"
+    with manifest.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["record_id", "employee_id", "image", "device_id", "captured_at"])
+        for i, name in enumerate(good):
+            writer.writerow([f"r{i}", f"emp{i % 3}", str(root / name), f"gate-{i % 2}", f"2026-11-24T08:0{i}:00Z"])
+        writer.writerow(["r-trunc", "emp9", str(root / "broken/truncated.jpg"), "gate-0", "2026-11-24T09:00:00Z"])
+        writer.writerow(["r-missing", "emp9", "no/such/photo.jpg", "gate-1", "2026-11-24T09:01:00Z"])
+    done = file_stack.producer("attendance", str(manifest), "--job-id", "e2e-att", "--wait", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    rows = {r["item_id"]: r for r in file_stack.rows("e2e-att").to_pylist()}
+    assert set(rows) == {f"r{i}" for i in range(6)} | {"r-trunc", "r-missing"}
+    assert rows["r3"]["employee_id"] == "emp0" and rows["r3"]["device_id"] == "gate-1"
+    assert rows["r3"]["captured_at"] == "2026-11-24T08:03:00Z" and rows["r3"]["record_id"] == "r3"
+    assert rows["r3"]["status"] == "ok"
+    assert_embedding_ok(rows["r3"]["embedding"])
+    assert rows["r-trunc"]["error"].startswith("truncated: ")
+    assert rows["r-missing"]["error"].startswith("unreadable: ") and rows["r-missing"]["needs_review"]
+    review = file_stack.storage.get_bytes(jobs.review_key("e2e-att")).decode()
+    assert "r-missing" in review and "emp9" in review
+
+
+def test_status_and_wait_commands(file_stack, samples):
+    root, _ = samples
+    submitted = file_stack.producer("audit", str(root / "broken"), "--job-id", "e2e-status", "--no-progress")
+    assert submitted.returncode == 0, submitted.stderr
+    waited = file_stack.producer("wait", "e2e-status", "--no-progress", "--timeout", "120")
+    assert waited.returncode == 0, waited.stderr
+    assert "job e2e-status done: 6 rows" in waited.stdout
+    status = file_stack.producer("status", "e2e-status")
+    assert status.returncode == 0
+    report = json.loads(status.stdout)
+    assert report["state"] == "done" and report["items_done"] == 6 and report["summary"]["n_rows"] == 6
+    unknown = file_stack.producer("status", "no-such-job")
+    assert unknown.returncode == 2 and "no job 'no-such-job'" in unknown.stderr
+
+
+def test_a_job_that_cannot_complete_fails_wait_with_the_reason(tmp_path_factory, s3_endpoint, s3_client, samples):
+    """A worker whose storage bucket does not exist cannot write results: wait says so."""
+    root, _ = samples
+    s3_client.create_bucket(Bucket="faceq-producer-side")
+    tmp = tmp_path_factory.mktemp("broken-stack")
+    with RedisServer(tmp / "redis") as redis_server:
+        worker_side = worker_env(redis_server.url, "s3://no-such-bucket/faceq", s3_endpoint,
+                                 FACEQ_CHUNK_MAX_RETRIES="0")
+        worker = start_worker(worker_side, tmp, "misconfigured-worker")
+        try:
+            producer_side = Stack(worker_env(redis_server.url, "s3://faceq-producer-side/faceq", s3_endpoint),
+                                  open_storage("s3://faceq-producer-side/faceq", s3_endpoint), worker)
+            done = producer_side.producer("audit", str(root / "broken"), "--job-id", "e2e-doomed", "--wait",
+                                          "--no-progress", "--timeout", "120")
+            assert done.returncode == 1
+            assert "job e2e-doomed cannot complete: 1 of 1 chunk(s) failed" in done.stderr
+            assert "no-such-bucket" in done.stderr or "NoSuchBucket" in done.stderr
+            assert worker.alive()
+        finally:
+            worker.stop()

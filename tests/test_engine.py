@@ -1,0 +1,64 @@
+"""The warm engine: precision and device checks, batching that does not change results."""
+
+import numpy as np
+import pytest
+
+from faceq.errors import ModelError
+from models.weights import load_model
+from workers.engine import Engine
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine(load_model(None, "ir_se_tiny", seed=1), "cpu", "fp32", max_batch=4)
+
+
+def test_warm_engine_reports_what_it_runs(engine):
+    assert engine.info.device == "cpu" and engine.info.max_batch == 4
+    assert engine.info.model_id == "rts-ir_se_tiny-random-seed1" and engine.info.random_weights
+
+
+def test_inputs_larger_than_a_batch_are_split_without_changing_results(engine):
+    crops = np.random.default_rng(0).integers(0, 256, (10, 112, 112, 3), dtype=np.uint8)
+    embeddings, quality = engine.infer(crops)
+    assert embeddings.shape == (10, 512) and embeddings.dtype == np.float32 and quality.shape == (10,)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    for i in (0, 5, 9):
+        alone_embedding, alone_quality = engine.infer(crops[i : i + 1])
+        np.testing.assert_allclose(alone_embedding[0], embeddings[i], atol=1e-5)
+        np.testing.assert_allclose(alone_quality[0], quality[i], rtol=1e-5)
+
+
+def test_bf16_on_cpu_stays_close_to_fp32(engine):
+    bf16 = Engine(load_model(None, "ir_se_tiny", seed=1), "cpu", "bf16", max_batch=4)
+    crops = np.random.default_rng(1).integers(0, 256, (4, 112, 112, 3), dtype=np.uint8)
+    (e32, q32), (e16, q16) = engine.infer(crops), bf16.infer(crops)
+    assert e16.dtype == np.float32
+    assert (e32 * e16).sum(axis=1).min() > 0.95
+
+
+def test_wrong_input_shapes_are_refused(engine):
+    with pytest.raises(ValueError, match="uint8 crops"):
+        engine.infer(np.zeros((2, 64, 64, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("device", "precision", "message"),
+    [
+        ("cpu", "fp16", "fp16 is not supported on the CPU"),
+        ("cpu", "fp64", "choose fp32, fp16 or bf16"),
+        ("tpu", "fp32", "is not a device|only cpu and cuda"),
+    ],
+)
+def test_impossible_settings_are_refused_with_a_reason(device, precision, message):
+    with pytest.raises(ModelError, match=message):
+        Engine(load_model(None, "ir_se_tiny"), device, precision, max_batch=2)
+
+
+def test_a_missing_gpu_is_refused():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ModelError, match="no CUDA"):
+        Engine(load_model(None, "ir_se_tiny"), "cuda:0", "fp32", max_batch=2)

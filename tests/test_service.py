@@ -1,0 +1,119 @@
+"""Chunk processing and finalization as plain services: real storage and Redis, no broker."""
+
+import csv
+import io
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from faceq import jobs
+from faceq.jobs import Item, JobManifest
+from faceq.ledger import ChunkRecord, Ledger
+from faceq.results import read_parquet
+from faceq.settings import Settings
+from faceq.storage import open_storage
+from models.weights import load_model
+from producer.samples import write_sample_set
+from tests.conftest import assert_embedding_ok
+from workers.engine import Engine
+from workers.service import ChunkProcessor, FinalizeOutcome, finalize_job
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine(load_model(None, "ir_se_tiny", seed=2), "cpu", "fp32", max_batch=8)
+
+
+@pytest.fixture
+def setup(tmp_path, redis_server, engine):
+    storage = open_storage((tmp_path / "store").as_uri())
+    ledger = Ledger.from_url(redis_server.url)
+    processor = ChunkProcessor(Settings(io_threads=4), storage, ledger, engine, worker="test-worker")
+    samples = tmp_path / "samples"
+    expected = write_sample_set(samples, n_good=12)
+    items = [Item(name, (samples / name).as_uri(), {"device_id": name.split("/")[1]}) for name in sorted(expected)]
+    items.append(Item("gone.jpg", (samples / "gone.jpg").as_uri(), {"device_id": "x"}))
+    expected["gone.jpg"] = "unreadable"
+    manifest = JobManifest(
+        job_id=f"svc-{tmp_path.name}", run_id="run1", kind="audit", mode="crop", source=str(samples),
+        created_at="2026-11-24T00:00:00+00:00", chunk_size=8, items=tuple(items),
+    )
+    storage.put_bytes(jobs.manifest_key(manifest.job_id), manifest.to_json())
+    ledger.start(manifest.job_id, manifest.run_id, "audit", manifest.n_chunks, len(items))
+    yield storage, ledger, processor, manifest, expected
+    processor.close()
+
+
+def _rows(storage, manifest):
+    tables = [read_parquet(storage.get_bytes(jobs.part_key(manifest.job_id, c.index))) for c in manifest.chunks()]
+    return [row for table in tables for row in table.to_pylist()]
+
+
+def test_every_item_gets_exactly_one_row_and_bad_items_become_error_rows(setup):
+    storage, ledger, processor, manifest, expected = setup
+    outcomes = [processor.process(chunk) for chunk in manifest.chunks()]
+    assert [o.record for o in outcomes] == [ChunkRecord.PENDING] * (len(outcomes) - 1) + [ChunkRecord.COMPLETE]
+    rows = _rows(storage, manifest)
+    assert [r["item_id"] for r in rows] == [i.item_id for i in manifest.items]
+    for row in rows:
+        want = expected[row["item_id"]]
+        assert row["model_id"] == "rts-ir_se_tiny-random-seed2"
+        assert row["device_id"] == manifest.items[[i.item_id for i in manifest.items].index(row["item_id"])].fields[
+            "device_id"]
+        if want == "ok":
+            assert row["status"] == "ok" and row["error"] is None and row["face_count"] == 1
+            assert_embedding_ok(row["embedding"])
+            assert np.isfinite(row["quality"])
+        else:
+            assert row["status"] == "error" and row["embedding"] is None
+            assert row["error"].startswith(f"{want}: ")
+            assert row["needs_review"] and row["review_reasons"] == ["error"]
+
+
+def test_a_redelivered_chunk_overwrites_its_part(setup):
+    storage, ledger, processor, manifest, _ = setup
+    chunk = manifest.chunks()[0]
+    processor.process(chunk)
+    processor.process(chunk)
+    assert list(storage.list_keys(jobs.results_prefix(manifest.job_id))) == [jobs.part_key(manifest.job_id, 0)]
+    assert ledger.progress(manifest.job_id).items_done == len(chunk.items)
+
+
+def test_a_chunk_of_an_earlier_run_is_dropped(setup):
+    storage, ledger, processor, manifest, _ = setup
+    ledger.start(manifest.job_id, "run2", "audit", manifest.n_chunks, len(manifest.items))
+    assert processor.process(manifest.chunks()[0]).record is ChunkRecord.STALE
+    assert not storage.exists(jobs.part_key(manifest.job_id, 0))
+
+
+def test_summary_and_review_are_written_once_by_concurrent_finalizers(setup):
+    storage, ledger, processor, manifest, expected = setup
+    for chunk in manifest.chunks():
+        processor.process(chunk)
+    barrier = threading.Barrier(6)
+    outcomes = []
+
+    def finalizer():
+        barrier.wait()
+        outcomes.append(finalize_job(storage, ledger, manifest.job_id, manifest.run_id))
+
+    threads = [threading.Thread(target=finalizer) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count(FinalizeOutcome.WRITTEN) == 1
+    assert set(outcomes) <= {FinalizeOutcome.WRITTEN, FinalizeOutcome.BUSY, FinalizeOutcome.ALREADY_DONE}
+    assert finalize_job(storage, ledger, manifest.job_id, manifest.run_id) is FinalizeOutcome.ALREADY_DONE
+
+    summary = json.loads(storage.get_bytes(jobs.summary_key(manifest.job_id)))
+    n_bad = sum(v != "ok" for v in expected.values())
+    assert summary["n_items"] == summary["n_rows"] == len(expected)
+    assert summary["counts"]["status"] == {"error": n_bad, "ok": len(expected) - n_bad}
+    assert summary["counts"]["review_reasons"]["error"] == n_bad
+    assert sum(summary["quality"]["histogram"]["counts"]) == len(expected) - n_bad
+    review = list(csv.DictReader(io.StringIO(storage.get_bytes(jobs.review_key(manifest.job_id)).decode())))
+    assert {r["item_id"] for r in review} == {k for k, v in expected.items() if v != "ok"}
+    assert all(r["device_id"] for r in review)
