@@ -11,9 +11,10 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first, from the chosen index, so nothing later pulls a multi-GB CUDA build
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==$(TORCH_VERSION)" --index-url $(TORCH_INDEX) \
-		|| $(PY) -m pip install -q "torch==$(TORCH_VERSION)"
+	# torch alone first, from the chosen index, so nothing later pulls a multi-GB CUDA build;
+	# its dependencies come from PyPI with the rest
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --no-deps --retries 1 --timeout 15 \
+		"torch==$(TORCH_VERSION)" --index-url $(TORCH_INDEX) || $(PY) -m pip install -q --no-deps "torch==$(TORCH_VERSION)"
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
