@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import socket
+import sys
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,9 +23,19 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["FACEQ_DEVICE"] = args.device
     if args.queue:
         os.environ["FACEQ_QUEUE"] = args.queue
-    from workers.app import app
+    from celery.utils.nodenames import host_format
 
-    hostname = args.hostname or f"faceq-{args.device.replace(':', '')}@{socket.gethostname()}"
+    from faceq.errors import FaceqError
+    from workers.app import app
+    from workers.runtime import get_runtime
+
+    hostname = host_format(args.hostname or f"faceq-{args.device.replace(':', '')}@%h")
+    logging.basicConfig(level=args.loglevel, format="[%(asctime)s: %(levelname)s/%(name)s] %(message)s")
+    try:  # load and warm the model before connecting: a worker that cannot serve never starts
+        get_runtime(hostname)
+    except FaceqError as exc:
+        print(f"error: faceq worker cannot start: {exc}", file=sys.stderr)
+        sys.exit(2)
     pool = "solo" if args.concurrency == 1 else "threads"
     app.worker_main(
         [

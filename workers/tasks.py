@@ -6,9 +6,10 @@ import logging
 
 import redis
 from celery import Task
-from celery.signals import worker_init
+from celery.exceptions import WorkerShutdown
+from celery.signals import celeryd_after_setup
 
-from faceq.errors import StorageError
+from faceq.errors import FaceqError, StorageError
 from faceq.jobs import ChunkSpec
 from faceq.ledger import ChunkRecord
 from workers.app import FINALIZE_JOB, PROCESS_CHUNK, app
@@ -20,10 +21,18 @@ log = logging.getLogger(__name__)
 TRANSIENT = (StorageError, redis.ConnectionError, redis.TimeoutError)
 
 
-@worker_init.connect
-def _load_model_before_first_task(sender=None, **_):
-    """Load and warm the model before the worker consumes anything."""
-    get_runtime(getattr(sender, "hostname", None))
+@celeryd_after_setup.connect
+def _load_model_before_first_task(sender: str, **_):
+    """Load and warm the model after logging is set up and before the worker consumes anything.
+
+    A worker that cannot load its model must not start: Celery logs and ignores exceptions
+    raised by signal handlers, so a failure is turned into a shutdown with exit code 1.
+    """
+    try:
+        get_runtime(sender)
+    except Exception as exc:
+        log.critical("faceq worker cannot start: %s", exc, exc_info=not isinstance(exc, FaceqError))
+        raise WorkerShutdown(1) from exc
 
 
 class ChunkTask(Task):

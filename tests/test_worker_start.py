@@ -1,0 +1,25 @@
+"""A worker that cannot serve refuses to start, with the reason, before touching the broker."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import worker_env
+
+
+@pytest.mark.parametrize(
+    ("extra", "device", "message"),
+    [
+        ({"FACEQ_MODEL_WEIGHTS": "/nonexistent/pytorch_model.pt"}, "cpu", "FACEQ_MODEL_WEIGHTS=/nonexistent/"),
+        ({"FACEQ_PRECISION": "fp16"}, "cpu", "fp16 is not supported on the CPU"),
+        ({"FACEQ_MODEL_ARCH": "resnet9000"}, "cpu", "unknown architecture"),
+    ],
+)
+def test_worker_exits_with_the_reason(tmp_path, extra, device, message):
+    # an unreachable broker: the worker must fail on the model before it ever connects
+    env = worker_env("redis://127.0.0.1:1/0", tmp_path.as_uri(), **extra)
+    done = subprocess.run([sys.executable, "-m", "workers", "--device", device], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2
+    assert "faceq worker cannot start" in done.stderr and message in done.stderr
