@@ -53,7 +53,6 @@ class Settings:
     device: str = "cpu"
     precision: str = "fp32"
     max_batch: int = 64
-    max_delay_ms: float = 5.0
     chunk_size: int = 256
     queue: str = "faceq"
     io_threads: int = 8
@@ -74,7 +73,6 @@ class Settings:
             device=_env("FACEQ_DEVICE", d.device),
             precision=_env("FACEQ_PRECISION", d.precision),
             max_batch=_int("FACEQ_MAX_BATCH", d.max_batch),
-            max_delay_ms=_float("FACEQ_MAX_DELAY_MS", d.max_delay_ms),
             chunk_size=_int("FACEQ_CHUNK_SIZE", d.chunk_size),
             queue=_env("FACEQ_QUEUE", d.queue),
             io_threads=_int("FACEQ_IO_THREADS", d.io_threads),
@@ -98,11 +96,13 @@ ENV_VARS = (
     "FACEQ_DEVICE",
     "FACEQ_PRECISION",
     "FACEQ_MAX_BATCH",
-    "FACEQ_MAX_DELAY_MS",
     "FACEQ_CHUNK_SIZE",
     "FACEQ_QUEUE",
     "FACEQ_IO_THREADS",
     "FACEQ_MAX_IMAGE_BYTES",
     "FACEQ_MAX_IMAGE_PIXELS",
     "FACEQ_REVIEW_QUALITY",
+    # read by celeryconfig.py (Celery settings live there)
+    "FACEQ_CHUNK_MAX_RETRIES",
+    "FACEQ_VISIBILITY_TIMEOUT",
 )
