@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
     parser.add_argument("--device", default=os.environ.get("FACEQ_DEVICE", "cpu"), help="cpu or cuda:N")
     parser.add_argument(
-        "--concurrency", type=int, default=1, help="task threads sharing the one warm model (default 1: solo pool)"
+        "--concurrency", type=int, default=1, help="task threads sharing the one warm model (default 1)"
     )
     parser.add_argument("--queue", default=None, help="queue to consume (default FACEQ_QUEUE or 'faceq')")
     parser.add_argument("--hostname", default=None, help="worker name shown in Flower")
@@ -36,11 +36,12 @@ def main(argv: list[str] | None = None) -> None:
     except FaceqError as exc:
         print(f"error: faceq worker cannot start: {exc}", file=sys.stderr)
         sys.exit(2)
-    pool = "solo" if args.concurrency == 1 else "threads"
     app.worker_main(
         [
             "worker",
-            f"--pool={pool}",
+            # threads, even for one task at a time: the main thread stays free to answer
+            # pings, Flower and broker heartbeats while a chunk runs; nothing forks after CUDA
+            "--pool=threads",
             f"--concurrency={args.concurrency}",
             f"--hostname={hostname}",
             f"--loglevel={args.loglevel}",

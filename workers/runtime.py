@@ -1,7 +1,7 @@
 """The per-process worker state: settings, storage, ledger and the warm engine.
 
 Built once by the ``celeryd_after_setup`` signal, in the process that runs tasks (the worker uses
-the ``solo`` or ``threads`` pool, so no CUDA context ever crosses a fork), before the worker
+the ``threads`` pool, so no CUDA context ever crosses a fork), before the worker
 consumes its first message. A model that cannot load stops the worker at start, loudly.
 """
 
