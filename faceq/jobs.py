@@ -14,7 +14,7 @@ from typing import Any
 from faceq.errors import JobError
 
 JOB_KINDS = ("audit", "attendance")
-MODES = ("crop",)
+MODES = ("crop", "detect")  # see models/preprocess.py
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -67,6 +67,7 @@ class ChunkSpec:
     index: int
     mode: str
     items: tuple[Item, ...]
+    all_faces: bool = False  # detect mode: one row per usable face instead of the largest only
 
     def to_message(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,6 +91,7 @@ class JobManifest:
     chunk_size: int
     items: tuple[Item, ...]
     model_weights: str | None = None
+    all_faces: bool = False
 
     @property
     def n_chunks(self) -> int:
@@ -104,6 +106,7 @@ class JobManifest:
                 index=index,
                 mode=self.mode,
                 items=self.items[index * self.chunk_size : (index + 1) * self.chunk_size],
+                all_faces=self.all_faces,
             )
             for index in range(self.n_chunks)
         ]

@@ -29,6 +29,7 @@ BASE_SCHEMA = pa.schema(
         ("needs_review", pa.bool_()),
         ("review_reasons", pa.list_(pa.string())),
         ("face_count", pa.int32()),
+        ("face_index", pa.int32()),
         ("bbox", pa.list_(pa.float32(), 4)),
         ("landmarks", pa.list_(pa.float32(), 10)),
         ("model_id", pa.string()),
@@ -50,6 +51,7 @@ class ItemResult:
     needs_review: bool = False
     review_reasons: list[str] = field(default_factory=list)
     face_count: int = 0
+    face_index: int = 0
     bbox: list[float] | None = None
     landmarks: list[float] | None = None
     fields: dict[str, str] = field(default_factory=dict)
@@ -67,6 +69,7 @@ def to_table(rows: list[ItemResult], extra_columns: list[str]) -> pa.Table:
         "needs_review": [r.needs_review for r in rows],
         "review_reasons": [r.review_reasons for r in rows],
         "face_count": [r.face_count for r in rows],
+        "face_index": [r.face_index for r in rows],
         "bbox": [r.bbox for r in rows],
         "landmarks": [r.landmarks for r in rows],
         "model_id": [r.model_id for r in rows],

@@ -35,6 +35,16 @@ def _float(name: str, default: float) -> float:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
 
 
+def _modes(raw: str) -> tuple[str, ...]:
+    from faceq.jobs import MODES
+
+    modes = tuple(m.strip() for m in raw.split(",") if m.strip())
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise ConfigError(f"FACEQ_MODES={raw!r}: choose one or more of {', '.join(MODES)}")
+    return modes
+
+
 @dataclass(frozen=True)
 class ReviewThresholds:
     """The seed's trust rules (see ../shared/SEED.md); configurable, defaults are the seed's."""
@@ -48,6 +58,11 @@ class Settings:
     storage_url: str = DEFAULT_STORAGE_DIR.as_uri()
     s3_endpoint_url: str | None = None
     model_weights: str | None = None
+    detector_weights: str | None = None
+    modes: tuple[str, ...] = ("crop", "detect")
+    min_face: int = 10
+    detect_score: float = 0.7
+    detect_max_side: int = 1280
     model_arch: str = "ir_se_64"
     model_seed: int = 0
     device: str = "cpu"
@@ -68,6 +83,11 @@ class Settings:
             storage_url=_env("FACEQ_STORAGE_URL", d.storage_url),
             s3_endpoint_url=_env("FACEQ_S3_ENDPOINT_URL"),
             model_weights=_env("FACEQ_MODEL_WEIGHTS"),
+            detector_weights=_env("FACEQ_DETECTOR_WEIGHTS"),
+            modes=_modes(_env("FACEQ_MODES", ",".join(d.modes))),
+            min_face=_int("FACEQ_MIN_FACE", d.min_face),
+            detect_score=_float("FACEQ_DETECT_SCORE", d.detect_score),
+            detect_max_side=_int("FACEQ_DETECT_MAX_SIDE", d.detect_max_side, minimum=64),
             model_arch=_env("FACEQ_MODEL_ARCH", d.model_arch),
             model_seed=_int("FACEQ_MODEL_SEED", d.model_seed, minimum=0),
             device=_env("FACEQ_DEVICE", d.device),
@@ -91,6 +111,11 @@ ENV_VARS = (
     "FACEQ_STORAGE_URL",
     "FACEQ_S3_ENDPOINT_URL",
     "FACEQ_MODEL_WEIGHTS",
+    "FACEQ_DETECTOR_WEIGHTS",
+    "FACEQ_MODES",
+    "FACEQ_MIN_FACE",
+    "FACEQ_DETECT_SCORE",
+    "FACEQ_DETECT_MAX_SIDE",
     "FACEQ_MODEL_ARCH",
     "FACEQ_MODEL_SEED",
     "FACEQ_DEVICE",

@@ -74,7 +74,7 @@ def build_summary(manifest: JobManifest, rows: pa.Table, progress: JobProgress, 
         "model_ids": sorted(set(rows.column("model_id").to_pylist())),
         "timings": {
             "wall_seconds": round(wall, 3),
-            "items_per_second": round(rows.num_rows / wall, 2),
+            "items_per_second": round(len(manifest.items) / wall, 2),
             "chunk_seconds_p50": round(float(np.median(seconds)), 3) if seconds else None,
             "chunk_seconds_max": round(max(seconds), 3) if seconds else None,
         },

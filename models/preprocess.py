@@ -1,9 +1,14 @@
-"""Bytes → a 112×112 uint8 BGR face crop, with a clear error for every kind of bad input.
+"""Bytes → 112×112 uint8 BGR face crops, with a clear error for every kind of bad input.
 
-Decoding uses Pillow (it reads the header before the pixels, so size limits are checked
-before any large allocation, and it reports truncation instead of padding with grey).
-Crop mode treats the whole image as the face and resizes it, as ModelScope's pipeline does
-without detection. Normalisation to [-1, 1] happens later, on the model's device.
+Decoding uses Pillow, as the reference pipeline does (``Image.open`` → EXIF transpose →
+RGB): it reads the header before the pixels, so size limits are checked before any large
+allocation, and it reports truncation instead of padding with grey. Two modes:
+
+- ``crop``: the input is already a face crop; resize it (the reference without detection);
+- ``detect``: YuNet finds the faces; each usable one (≥ 10 px) is aligned to the ArcFace
+  template (the reference with detection). The largest face is the item's face.
+
+Normalisation to [-1, 1] happens later, on the model's device.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from faceq.errors import BadInputError
+from models.align import align_face
+from models.detect import FaceDetector, usable_faces
 from models.rts import INPUT_SIZE
 
 
@@ -24,6 +31,12 @@ from models.rts import INPUT_SIZE
 class FaceCrop:
     pixels: np.ndarray  # (112, 112, 3) uint8, BGR
     bbox: list[float]  # x1, y1, x2, y2 in the decoded image
+    landmarks: list[float] | None = None  # five (x, y) points in the decoded image
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    faces: list[FaceCrop]  # largest first; empty when no usable face was found
     face_count: int
 
 
@@ -51,7 +64,7 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
     try:
         image.load()
         image = ImageOps.exif_transpose(image)
-        rgb = image.convert("RGB")
+        rgb = _to_rgb(image)
     except OSError as exc:
         code = "truncated" if "truncated" in str(exc).lower() else "corrupt"
         raise BadInputError(code, f"{image.format or 'image'} data cannot be decoded: {exc}") from None
@@ -60,11 +73,31 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
 
 
-def crop_face(image_bgr: np.ndarray) -> FaceCrop:
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any mode → 8-bit RGB. 16/32-bit greyscale is scaled down (Pillow's own conversion
+    would clip every value above 255 to white)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        wide = np.asarray(image, dtype=np.uint32)
+        shift = 8 if image.mode.startswith("I;16") or wide.max() > 255 else 0
+        image = Image.fromarray((wide >> shift).clip(0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
+
+
+def crop_face(image_bgr: np.ndarray) -> PreparedImage:
     """Crop mode: the input is already a face crop; resize it to the network's input."""
     height, width = image_bgr.shape[:2]
     pixels = cv2.resize(image_bgr, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_LINEAR)
-    return FaceCrop(pixels=pixels, bbox=[0.0, 0.0, float(width), float(height)], face_count=1)
+    return PreparedImage([FaceCrop(pixels, [0.0, 0.0, float(width), float(height)])], face_count=1)
+
+
+def detect_faces(image_bgr: np.ndarray, detector: FaceDetector, min_face: float = 10) -> PreparedImage:
+    """Detect mode: every usable face, aligned, largest first."""
+    faces = usable_faces(detector.detect(image_bgr), min_face)
+    crops = [
+        FaceCrop(align_face(image_bgr, face.landmarks), face.bbox.tolist(), face.landmarks.reshape(-1).tolist())
+        for face in faces
+    ]
+    return PreparedImage(crops, face_count=len(crops))
 
 
 def normalize_batch(batch_bgr_uint8, dtype=None):

@@ -21,8 +21,10 @@ from producer.submit import new_job_id, submit
 log = logging.getLogger("producer")
 
 
-def _add_job_options(parser: argparse.ArgumentParser) -> None:
+def _add_job_options(parser: argparse.ArgumentParser, default_mode: str) -> None:
     parser.add_argument("--job-id", help="job id (default: generated); re-using one re-runs that job")
+    parser.add_argument("--mode", choices=jobs.MODES, default=default_mode,
+                        help=f"detect: find and align faces (YuNet); crop: images are face crops (default {default_mode})")
     parser.add_argument("--chunk-size", type=int, help="items per task (default FACEQ_CHUNK_SIZE or 256)")
     _add_wait_options(parser, "--wait")
 
@@ -39,10 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     audit = commands.add_parser("audit", help="score every image under a directory or s3:// prefix")
     audit.add_argument("source", help="local directory or s3://bucket/prefix")
-    _add_job_options(audit)
+    audit.add_argument("--all-faces", action="store_true", help="detect mode: a row for every face, not only the largest")
+    _add_job_options(audit, default_mode="detect")
     attendance = commands.add_parser("attendance", help="score the check-in photos of an attendance manifest")
     attendance.add_argument("manifest", type=Path, help="CSV: record_id, employee_id, image, device_id, captured_at")
-    _add_job_options(attendance)
+    _add_job_options(attendance, default_mode="crop")
     status = commands.add_parser("status", help="progress of a job as JSON (with its summary once done)")
     status.add_argument("job_id")
     wait = commands.add_parser("wait", help="wait for a job to finish, with progress")
@@ -94,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             source = str(args.manifest.resolve())
         manifest = submit(
             settings, storage, ledger, kind=args.command, items=staged, source=source, job_id=job_id,
-            chunk_size=args.chunk_size,
+            chunk_size=args.chunk_size, mode=args.mode, all_faces=getattr(args, "all_faces", False),
         )
         print(f"job {job_id}: {len(manifest.items)} items in {manifest.n_chunks} chunk(s) queued on "
               f"'{settings.queue}'; manifest {storage.uri(jobs.manifest_key(job_id))}")

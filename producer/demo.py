@@ -25,6 +25,9 @@ def main() -> int:
         os.environ["FACEQ_BROKER_URL"] = redis_server.url
         print(f"started a private redis-server at {redis_server.url}")
     os.environ.setdefault("FACEQ_STORAGE_URL", (OUTPUT / "store").as_uri())
+    # The samples are drawn face crops (no detector would find them): crop mode, and the
+    # worker needs no YuNet weights for it.
+    os.environ.setdefault("FACEQ_MODES", "crop")
     samples = OUTPUT / "samples"
     expected = write_sample_set(samples, n_good=60)
     print(f"wrote {len(expected)} sample images to {samples} ({sum(v != 'ok' for v in expected.values())} broken)")
@@ -34,7 +37,7 @@ def main() -> int:
         worker.start()
         from producer.__main__ import main as producer_main
 
-        return producer_main(["audit", str(samples), "--chunk-size", "16", "--wait", "--timeout", "600"])
+        return producer_main(["audit", str(samples), "--mode", "crop", "--chunk-size", "16", "--wait", "--timeout", "600"])
     finally:
         worker.stop()
         if redis_server:

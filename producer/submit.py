@@ -31,6 +31,7 @@ def submit(
     job_id: str,
     chunk_size: int | None = None,
     mode: str = "crop",
+    all_faces: bool = False,
 ) -> JobManifest:
     """Write the manifest, register the run, and send one ``process_chunk`` task per chunk.
 
@@ -44,6 +45,8 @@ def submit(
         raise JobError(f"unknown job kind {kind!r}")
     if mode not in jobs.MODES:
         raise JobError(f"unknown mode {mode!r}; available: {', '.join(jobs.MODES)}")
+    if all_faces and mode != "detect":
+        raise JobError("--all-faces needs detect mode")
     if not items:
         raise JobError("a job needs at least one item")
     ids = [i.item_id for i in items]
@@ -59,6 +62,7 @@ def submit(
         chunk_size=chunk_size or settings.chunk_size,
         items=tuple(items),
         model_weights=settings.model_weights,
+        all_faces=all_faces,
     )
     removed = storage.delete_prefix(jobs.results_prefix(job_id))
     for key in (jobs.summary_key(job_id), jobs.review_key(job_id)):

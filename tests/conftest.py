@@ -17,6 +17,11 @@ import pytest
 from faceq.devstack import RedisServer, WorkerProcess, free_port
 
 REPO = Path(__file__).resolve().parent.parent
+# Test data only, never committed: see ../shared/models/README.md
+YUNET = REPO.parent / "shared" / "models" / "face_detection_yunet.onnx"
+needs_yunet = pytest.mark.skipif(
+    not YUNET.is_file(), reason=f"YuNet weights not found at {YUNET} (test data beside the checkout)"
+)
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -70,6 +75,10 @@ def worker_env(broker_url: str, storage_url: str, s3_endpoint: str | None = None
     )
     if s3_endpoint:
         env["FACEQ_S3_ENDPOINT_URL"] = s3_endpoint
+    if YUNET.is_file():
+        env["FACEQ_DETECTOR_WEIGHTS"] = str(YUNET)
+    else:
+        env["FACEQ_MODES"] = "crop"
     env.update(extra)
     return env
 

@@ -96,7 +96,7 @@ def _check_audit(stack: Stack, job_id: str, expected: dict[str, str]) -> pa.Tabl
 
 def test_audit_of_a_local_directory_through_s3(s3_stack, samples):
     root, expected = samples
-    done = s3_stack.producer("audit", str(root), "--job-id", "e2e-s3", "--wait", "--no-progress")
+    done = s3_stack.producer("audit", str(root), "--job-id", "e2e-s3", "--mode", "crop", "--wait", "--no-progress")
     assert done.returncode == 0, done.stderr
     assert "job e2e-s3 done: 106 rows for 106 items" in done.stdout
     rows = _check_audit(s3_stack, "e2e-s3", expected)
@@ -110,7 +110,7 @@ def test_audit_of_an_s3_prefix(s3_stack, s3_client, samples):
     subset = {k: v for k, v in expected.items() if k.startswith("broken/") or k.endswith(("0.jpg", "1.png"))}
     for name in subset:
         s3_client.put_object(Bucket="faceq-e2e", Key=f"photos/{name}", Body=(root / name).read_bytes())
-    done = s3_stack.producer("audit", "s3://faceq-e2e/photos", "--job-id", "e2e-prefix", "--wait", "--no-progress")
+    done = s3_stack.producer("audit", "s3://faceq-e2e/photos", "--job-id", "e2e-prefix", "--mode", "crop", "--wait", "--no-progress")
     assert done.returncode == 0, done.stderr
     rows = _check_audit(s3_stack, "e2e-prefix", subset)
     assert rows.column("source_uri")[0].as_py().startswith("s3://faceq-e2e/photos/")
@@ -118,7 +118,7 @@ def test_audit_of_an_s3_prefix(s3_stack, s3_client, samples):
 
 def test_audit_on_file_storage(file_stack, samples):
     root, expected = samples
-    done = file_stack.producer("audit", str(root), "--job-id", "e2e-file", "--wait", "--no-progress")
+    done = file_stack.producer("audit", str(root), "--job-id", "e2e-file", "--mode", "crop", "--wait", "--no-progress")
     assert done.returncode == 0, done.stderr
     rows = _check_audit(file_stack, "e2e-file", expected)
     # same machine: the worker reads the files in place, nothing is copied
@@ -128,11 +128,11 @@ def test_audit_on_file_storage(file_stack, samples):
 
 def test_rerunning_a_job_id_replaces_its_rows(file_stack, samples):
     root, expected = samples
-    first = file_stack.producer("audit", str(root), "--job-id", "e2e-rerun", "--chunk-size", "16", "--wait",
-                                "--no-progress")
+    first = file_stack.producer("audit", str(root), "--job-id", "e2e-rerun", "--chunk-size", "16", "--mode", "crop",
+                                "--wait", "--no-progress")
     assert first.returncode == 0, first.stderr
-    second = file_stack.producer("audit", str(root), "--job-id", "e2e-rerun", "--chunk-size", "50", "--wait",
-                                 "--no-progress")
+    second = file_stack.producer("audit", str(root), "--job-id", "e2e-rerun", "--chunk-size", "50", "--mode", "crop",
+                                 "--wait", "--no-progress")
     assert second.returncode == 0, second.stderr
     rows = file_stack.rows("e2e-rerun")
     assert rows.num_rows == len(expected)
@@ -151,7 +151,7 @@ def test_attendance_manifest_carries_its_columns_into_the_output(file_stack, sam
             writer.writerow([f"r{i}", f"emp{i % 3}", str(root / name), f"gate-{i % 2}", f"2026-11-24T08:0{i}:00Z"])
         writer.writerow(["r-trunc", "emp9", str(root / "broken/truncated.jpg"), "gate-0", "2026-11-24T09:00:00Z"])
         writer.writerow(["r-missing", "emp9", "no/such/photo.jpg", "gate-1", "2026-11-24T09:01:00Z"])
-    done = file_stack.producer("attendance", str(manifest), "--job-id", "e2e-att", "--wait", "--no-progress")
+    done = file_stack.producer("attendance", str(manifest), "--job-id", "e2e-att", "--mode", "crop", "--wait", "--no-progress")
     assert done.returncode == 0, done.stderr
     rows = {r["item_id"]: r for r in file_stack.rows("e2e-att").to_pylist()}
     assert set(rows) == {f"r{i}" for i in range(6)} | {"r-trunc", "r-missing"}
@@ -167,7 +167,8 @@ def test_attendance_manifest_carries_its_columns_into_the_output(file_stack, sam
 
 def test_status_and_wait_commands(file_stack, samples):
     root, _ = samples
-    submitted = file_stack.producer("audit", str(root / "broken"), "--job-id", "e2e-status", "--no-progress")
+    submitted = file_stack.producer("audit", str(root / "broken"), "--job-id", "e2e-status", "--mode", "crop",
+                                    "--no-progress")
     assert submitted.returncode == 0, submitted.stderr
     waited = file_stack.producer("wait", "e2e-status", "--no-progress", "--timeout", "120")
     assert waited.returncode == 0, waited.stderr
@@ -192,8 +193,8 @@ def test_a_job_that_cannot_complete_fails_wait_with_the_reason(tmp_path_factory,
         try:
             producer_side = Stack(worker_env(redis_server.url, "s3://faceq-producer-side/faceq", s3_endpoint),
                                   open_storage("s3://faceq-producer-side/faceq", s3_endpoint), worker)
-            done = producer_side.producer("audit", str(root / "broken"), "--job-id", "e2e-doomed", "--wait",
-                                          "--no-progress", "--timeout", "120")
+            done = producer_side.producer("audit", str(root / "broken"), "--job-id", "e2e-doomed", "--mode", "crop",
+                                          "--wait", "--no-progress", "--timeout", "120")
             assert done.returncode == 1
             assert "job e2e-doomed cannot complete: 1 of 1 chunk(s) failed" in done.stderr
             assert "no-such-bucket" in done.stderr or "NoSuchBucket" in done.stderr

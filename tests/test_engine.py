@@ -29,12 +29,14 @@ def test_inputs_larger_than_a_batch_are_split_without_changing_results(engine):
         np.testing.assert_allclose(alone_quality[0], quality[i], rtol=1e-5)
 
 
-def test_bf16_on_cpu_stays_close_to_fp32(engine):
-    bf16 = Engine(load_model(None, "ir_se_tiny", seed=1), "cpu", "bf16", max_batch=4)
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_on_cpu_stays_close_to_fp32(engine, precision):
+    reduced = Engine(load_model(None, "ir_se_tiny", seed=1), "cpu", precision, max_batch=4)
     crops = np.random.default_rng(1).integers(0, 256, (4, 112, 112, 3), dtype=np.uint8)
-    (e32, q32), (e16, q16) = engine.infer(crops), bf16.infer(crops)
-    assert e16.dtype == np.float32
-    assert (e32 * e16).sum(axis=1).min() > 0.95
+    (e32, q32), (e16, q16) = engine.infer(crops), reduced.infer(crops)
+    assert e16.dtype == np.float32 and q16.dtype == np.float32
+    assert (e32 * e16).sum(axis=1).min() > 0.99
+    np.testing.assert_allclose(q16, q32, rtol=0.05)
 
 
 def test_wrong_input_shapes_are_refused(engine):
@@ -45,7 +47,6 @@ def test_wrong_input_shapes_are_refused(engine):
 @pytest.mark.parametrize(
     ("device", "precision", "message"),
     [
-        ("cpu", "fp16", "fp16 is not supported on the CPU"),
         ("cpu", "fp64", "choose fp32, fp16 or bf16"),
         ("tpu", "fp32", "is not a device|only cpu and cuda"),
     ],

@@ -42,7 +42,7 @@ def test_flower_lists_the_worker_and_the_succeeded_chunk_tasks(tmp_path: Path):
             base = f"http://127.0.0.1:{port}"
             wait_until(lambda: _get_json(f"{base}/api/workers?refresh=1") is not None, 60, "Flower's API")
             done = subprocess.run([sys.executable, "-m", "producer", "audit", str(samples), "--job-id", "flower-job",
-                                   "--wait", "--no-progress"], env=env, capture_output=True, text=True, timeout=180)
+                                   "--mode", "crop", "--wait", "--no-progress"], env=env, capture_output=True, text=True, timeout=180)
             assert done.returncode == 0, done.stderr
 
             def worker_listed() -> bool:

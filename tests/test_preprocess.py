@@ -30,10 +30,12 @@ def test_normalisation_matches_the_reference_numpy_pipeline():
 
 def test_crop_mode_resizes_the_whole_image_and_reports_its_box():
     image = draw_face(np.random.default_rng(1), 200)
-    crop = crop_face(image)
+    prepared = crop_face(image)
+    assert prepared.face_count == 1
+    (crop,) = prepared.faces
     assert crop.pixels.shape == (112, 112, 3) and crop.pixels.dtype == np.uint8
     assert np.array_equal(crop.pixels, cv2.resize(image, (112, 112), interpolation=cv2.INTER_LINEAR))
-    assert crop.bbox == [0.0, 0.0, 200.0, 200.0] and crop.face_count == 1
+    assert crop.bbox == [0.0, 0.0, 200.0, 200.0] and crop.landmarks is None
 
 
 @pytest.mark.parametrize("ext", [".jpg", ".png", ".webp", ".bmp", ".tiff"])

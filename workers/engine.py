@@ -47,8 +47,6 @@ def resolve_device(name: str) -> torch.device:
 def resolve_precision(name: str, device: torch.device) -> torch.dtype:
     if name not in PRECISIONS:
         raise ModelError(f"FACEQ_PRECISION={name!r}; choose fp32, fp16 or bf16")
-    if name == "fp16" and device.type == "cpu":
-        raise ModelError("FACEQ_PRECISION=fp16 is not supported on the CPU; use fp32 or bf16")
     if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ModelError(f"FACEQ_PRECISION=bf16: {torch.cuda.get_device_name(device)} cannot run bf16")
     return PRECISIONS[name]
@@ -87,8 +85,11 @@ class Engine:
         start = time.perf_counter()
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        for size in sorted({1, self.max_batch}):
-            self.infer(np.zeros((size, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8))
+        try:  # the warm-up is also the proof that this device runs this precision
+            for size in sorted({1, self.max_batch}):
+                self.infer(np.zeros((size, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8))
+        except RuntimeError as exc:
+            raise ModelError(f"{self.device} cannot run the model in {self.precision}: {exc}") from exc
         memory = None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

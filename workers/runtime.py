@@ -12,9 +12,11 @@ import socket
 import threading
 from dataclasses import dataclass
 
+from faceq.errors import ModelError
 from faceq.ledger import Ledger
 from faceq.settings import Settings
 from faceq.storage import Storage, open_storage
+from models.detect import YUNET_HELP, FaceDetector
 from models.weights import load_model
 from workers.engine import Engine
 from workers.service import ChunkProcessor
@@ -40,9 +42,15 @@ def build_runtime(settings: Settings, worker_name: str | None = None) -> Runtime
     ledger = Ledger.from_url(settings.broker_url)
     loaded = load_model(settings.model_weights, settings.model_arch, settings.model_seed, settings.s3_endpoint_url)
     engine = Engine(loaded, settings.device, settings.precision, settings.max_batch)
+    detector = None
+    if "detect" in settings.modes:
+        if not settings.detector_weights:
+            raise ModelError(YUNET_HELP)
+        detector = FaceDetector(settings.detector_weights, settings.detect_score, max_side=settings.detect_max_side)
     name = worker_name or f"faceq-{settings.device.replace(':', '')}@{socket.gethostname()}"
-    processor = ChunkProcessor(settings, storage, ledger, engine, name)
-    log.info("faceq worker ready: device=%s storage=%s model_id=%s", engine.device, storage.url, engine.model_id)
+    processor = ChunkProcessor(settings, storage, ledger, engine, name, detector)
+    log.info("faceq worker ready: device=%s modes=%s storage=%s model_id=%s", engine.device,
+             ",".join(settings.modes), storage.url, engine.model_id)
     return Runtime(settings, storage, ledger, engine, processor)
 
 

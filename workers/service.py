@@ -18,7 +18,7 @@ from enum import Enum
 import numpy as np
 
 from faceq import jobs
-from faceq.errors import BadInputError, StorageError
+from faceq.errors import BadInputError, ModelError, StorageError
 from faceq.jobs import ChunkSpec, Item, JobManifest
 from faceq.ledger import ChunkRecord, Ledger
 from faceq.results import ItemResult, to_parquet, to_table
@@ -26,7 +26,8 @@ from faceq.settings import Settings
 from faceq.storage import Storage
 from faceq.summary import finalize
 from models.decisions import review_reasons
-from models.preprocess import FaceCrop, crop_face, decode_image
+from models.detect import YUNET_HELP, FaceDetector
+from models.preprocess import PreparedImage, crop_face, decode_image, detect_faces
 from workers.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -51,24 +52,28 @@ class ChunkOutcome:
 
 
 class ChunkProcessor:
-    def __init__(self, settings: Settings, storage: Storage, ledger: Ledger, engine: Engine, worker: str):
+    def __init__(self, settings: Settings, storage: Storage, ledger: Ledger, engine: Engine, worker: str,
+                 detector: FaceDetector | None = None):
         self.settings = settings
         self.storage = storage
         self.ledger = ledger
         self.engine = engine
         self.worker = worker
+        self.detector = detector
         self._io = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="faceq-io")
 
     def close(self) -> None:
         self._io.shutdown(wait=True)
 
-    def _prepare(self, item: Item) -> FaceCrop | BadInputError:
+    def _prepare(self, item: Item, mode: str) -> PreparedImage | BadInputError:
         try:
             data = self.storage.read_uri(item.source_uri)
         except StorageError as exc:
             return BadInputError("unreadable", str(exc))
         try:
             image = decode_image(data, self.settings.max_image_bytes, self.settings.max_image_pixels)
+            if mode == "detect":
+                return detect_faces(image, self.detector, self.settings.min_face)
             return crop_face(image)
         except BadInputError as exc:
             return exc
@@ -77,36 +82,43 @@ class ChunkProcessor:
             return BadInputError("internal", f"{type(exc).__name__}: {exc}")
 
     def rows(self, spec: ChunkSpec) -> list[ItemResult]:
-        """One result row per item, in item order."""
-        prepared = list(self._io.map(self._prepare, spec.items))
-        good = [i for i, p in enumerate(prepared) if isinstance(p, FaceCrop)]
+        """Rows in item order: one per item (its largest face, ``no_face`` or ``error``), or
+        one per usable face with ``all_faces``."""
+        if spec.mode == "detect" and self.detector is None:
+            raise ModelError(f"job {spec.job_id} asks for detect mode but this worker has no detector. {YUNET_HELP}")
+        prepared = list(self._io.map(lambda item: self._prepare(item, spec.mode), spec.items))
+        faces = [
+            (i, k, face)
+            for i, outcome in enumerate(prepared)
+            if isinstance(outcome, PreparedImage)
+            for k, face in enumerate(outcome.faces[: None if spec.all_faces else 1])
+        ]
         embeddings, quality = (None, None)
-        if good:
-            embeddings, quality = self.engine.infer(np.stack([prepared[i].pixels for i in good]))
-        position = {item_index: k for k, item_index in enumerate(good)}
+        if faces:
+            embeddings, quality = self.engine.infer(np.stack([face.pixels for _, _, face in faces]))
+        faces_of_item: dict[int, list[int]] = {}
+        for position, (i, _, _) in enumerate(faces):
+            faces_of_item.setdefault(i, []).append(position)
         now = datetime.now(timezone.utc)
         rows = []
         for i, (item, outcome) in enumerate(zip(spec.items, prepared)):
-            row = ItemResult(
-                item_id=item.item_id,
-                source_uri=item.source_uri,
-                status="error",
-                model_id=self.engine.model_id,
-                processed_at=now,
-                fields=item.fields,
-            )
+            base = dict(item_id=item.item_id, source_uri=item.source_uri, model_id=self.engine.model_id,
+                        processed_at=now, fields=item.fields)
             if isinstance(outcome, BadInputError):
-                row.error = str(outcome)
+                item_rows = [ItemResult(status="error", error=str(outcome), **base)]
+            elif not outcome.faces:
+                item_rows = [ItemResult(status="no_face", **base)]
             else:
-                k = position[i]
-                row.status = "ok"
-                row.embedding = embeddings[k]
-                row.quality = float(quality[k])
-                row.face_count = outcome.face_count
-                row.bbox = outcome.bbox
-            row.review_reasons = review_reasons(row.status, row.quality, self.settings.thresholds)
-            row.needs_review = bool(row.review_reasons)
-            rows.append(row)
+                item_rows = [
+                    ItemResult(status="ok", embedding=embeddings[p], quality=float(quality[p]),
+                               face_count=outcome.face_count, face_index=k, bbox=faces[p][2].bbox,
+                               landmarks=faces[p][2].landmarks, **base)
+                    for k, p in enumerate(faces_of_item[i])
+                ]
+            for row in item_rows:
+                row.review_reasons = review_reasons(row.status, row.quality, self.settings.thresholds)
+                row.needs_review = bool(row.review_reasons)
+            rows.extend(item_rows)
         return rows
 
     def process(self, spec: ChunkSpec) -> ChunkOutcome:
@@ -119,9 +131,11 @@ class ChunkProcessor:
         self.storage.put_bytes(jobs.part_key(spec.job_id, spec.index), to_parquet(to_table(rows, extra)))
         seconds = time.perf_counter() - start
         n_errors = sum(r.status == "error" for r in rows)
+        n_items = len(spec.items)
         n_flagged = sum(r.needs_review for r in rows)
         stats = {
-            "n_items": len(rows),
+            "n_items": n_items,
+            "n_rows": len(rows),
             "n_errors": n_errors,
             "n_flagged": n_flagged,
             "seconds": round(seconds, 4),
@@ -130,11 +144,11 @@ class ChunkProcessor:
         }
         record = self.ledger.record_chunk(spec.job_id, spec.run_id, spec.index, stats)
         log.info(
-            "job %s chunk %d: %d items, %d errors, %d flagged in %.2fs (%.1f items/s) → %s",
-            spec.job_id, spec.index, len(rows), n_errors, n_flagged, seconds, len(rows) / max(seconds, 1e-9),
+            "job %s chunk %d: %d items → %d rows, %d errors, %d flagged in %.2fs (%.1f items/s) → %s",
+            spec.job_id, spec.index, n_items, len(rows), n_errors, n_flagged, seconds, n_items / max(seconds, 1e-9),
             record.name.lower(),
         )
-        return ChunkOutcome(record, len(rows), n_errors, n_flagged, seconds)
+        return ChunkOutcome(record, n_items, n_errors, n_flagged, seconds)
 
 
 def finalize_job(storage: Storage, ledger: Ledger, job_id: str, run_id: str) -> FinalizeOutcome:
