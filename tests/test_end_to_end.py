@@ -21,7 +21,7 @@ from faceq.devstack import RedisServer, WorkerProcess
 from faceq.results import read_parquet
 from faceq.storage import Storage, open_storage
 from producer.samples import write_sample_set
-from tests.conftest import assert_embedding_ok, start_worker, worker_env
+from tests.conftest import assert_embedding_ok, needs_yunet, start_worker, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -201,3 +201,24 @@ def test_a_job_that_cannot_complete_fails_wait_with_the_reason(tmp_path_factory,
             assert worker.alive()
         finally:
             worker.stop()
+
+
+@needs_yunet
+def test_audit_defaults_to_detect_mode_on_real_photos(file_stack, tmp_path):
+    from tests.photos import write_photos
+
+    write_photos(tmp_path / "photos")
+    done = file_stack.producer("audit", str(tmp_path / "photos"), "--job-id", "e2e-detect", "--all-faces", "--wait",
+                               "--no-progress")
+    assert done.returncode == 0, done.stderr
+    rows = file_stack.rows("e2e-detect").to_pylist()
+    by_item = {}
+    for row in rows:
+        by_item.setdefault(row["item_id"], []).append(row)
+    assert [r["status"] for r in by_item["cat.jpg"]] == ["no_face"]
+    assert by_item["cat.jpg"][0]["review_reasons"] == ["no_face"]
+    assert [r["face_index"] for r in by_item["two-people.png"]] == [0, 1]
+    (portrait,) = by_item["portrait.png"]
+    assert portrait["status"] == "ok" and portrait["face_count"] == 1 and len(portrait["landmarks"]) == 10
+    summary = file_stack.summary("e2e-detect")
+    assert summary["n_items"] == 3 and summary["n_rows"] == 4 and summary["mode"] == "detect"

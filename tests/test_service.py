@@ -16,7 +16,9 @@ from faceq.settings import Settings
 from faceq.storage import open_storage
 from models.weights import load_model
 from producer.samples import write_sample_set
-from tests.conftest import assert_embedding_ok
+from faceq.errors import ModelError
+from models.detect import FaceDetector
+from tests.conftest import YUNET, assert_embedding_ok, needs_yunet
 from workers.engine import Engine
 from workers.service import ChunkProcessor, FinalizeOutcome, finalize_job
 
@@ -117,3 +119,49 @@ def test_summary_and_review_are_written_once_by_concurrent_finalizers(setup):
     review = list(csv.DictReader(io.StringIO(storage.get_bytes(jobs.review_key(manifest.job_id)).decode())))
     assert {r["item_id"] for r in review} == {k for k, v in expected.items() if v != "ok"}
     assert all(r["device_id"] for r in review)
+
+
+def _detect_chunk(tmp_path, all_faces: bool):
+    from tests.photos import write_photos
+
+    photos = tmp_path / "photos"
+    write_photos(photos)
+    (photos / "empty.jpg").write_bytes(b"")
+    names = ["portrait.png", "cat.jpg", "two-people.png", "empty.jpg"]
+    items = tuple(Item(n, (photos / n).as_uri()) for n in names)
+    return jobs.ChunkSpec(job_id=f"det-{tmp_path.name}", run_id="r", kind="audit", index=0, mode="detect",
+                          items=items, all_faces=all_faces)
+
+
+@needs_yunet
+@pytest.mark.parametrize("all_faces", [False, True])
+def test_detect_mode_rows_for_faces_no_faces_and_errors(tmp_path, redis_server, engine, all_faces):
+    storage = open_storage((tmp_path / "store").as_uri())
+    processor = ChunkProcessor(Settings(io_threads=2), storage, Ledger.from_url(redis_server.url), engine, "w",
+                               detector=FaceDetector(str(YUNET)))
+    rows = processor.rows(_detect_chunk(tmp_path, all_faces))
+    processor.close()
+    got = [(r.item_id, r.status, r.face_count, r.face_index, r.review_reasons) for r in rows]
+    two = [("two-people.png", "ok", 2, 0, rows[2].review_reasons)]
+    if all_faces:
+        two.append(("two-people.png", "ok", 2, 1, rows[3].review_reasons))
+    assert got == [
+        ("portrait.png", "ok", 1, 0, rows[0].review_reasons),
+        ("cat.jpg", "no_face", 0, 0, ["no_face"]),
+        *two,
+        ("empty.jpg", "error", 0, 0, ["error"]),
+    ]
+    portrait = rows[0]
+    assert_embedding_ok(portrait.embedding)
+    assert len(portrait.landmarks) == 10 and len(portrait.bbox) == 4
+    assert rows[1].needs_review and rows[1].embedding is None
+    if all_faces:
+        assert rows[2].bbox[0] < rows[3].bbox[0]  # the larger face first
+
+
+def test_a_detect_job_on_a_worker_without_detector_fails_with_the_reason(tmp_path, redis_server, engine):
+    storage = open_storage((tmp_path / "store").as_uri())
+    processor = ChunkProcessor(Settings(), storage, Ledger.from_url(redis_server.url), engine, "w", detector=None)
+    with pytest.raises(ModelError, match="has no detector.*face_detection_yunet"):
+        processor.rows(_detect_chunk(tmp_path, all_faces=False))
+    processor.close()
