@@ -17,6 +17,10 @@ class ModelError(FaceqError):
     """Weights could not be loaded, or the model cannot run as configured."""
 
 
+class DeviceOutOfMemory(ModelError):
+    """Even a single image does not fit on the device (another process holds its memory)."""
+
+
 class BadInputError(FaceqError):
     """One input item cannot be used. ``code`` is a short, stable reason for the error row."""
 

@@ -68,6 +68,8 @@ class Settings:
     device: str = "cpu"
     precision: str = "fp32"
     max_batch: int = 64
+    max_delay_ms: float = 5.0
+    microbatch: bool = True
     chunk_size: int = 256
     queue: str = "faceq"
     io_threads: int = 8
@@ -93,6 +95,8 @@ class Settings:
             device=_env("FACEQ_DEVICE", d.device),
             precision=_env("FACEQ_PRECISION", d.precision),
             max_batch=_int("FACEQ_MAX_BATCH", d.max_batch),
+            max_delay_ms=_float("FACEQ_MAX_DELAY_MS", d.max_delay_ms),
+            microbatch=_env("FACEQ_MICROBATCH", "1").lower() not in ("0", "false", "no", "off"),
             chunk_size=_int("FACEQ_CHUNK_SIZE", d.chunk_size),
             queue=_env("FACEQ_QUEUE", d.queue),
             io_threads=_int("FACEQ_IO_THREADS", d.io_threads),
@@ -121,6 +125,8 @@ ENV_VARS = (
     "FACEQ_DEVICE",
     "FACEQ_PRECISION",
     "FACEQ_MAX_BATCH",
+    "FACEQ_MAX_DELAY_MS",
+    "FACEQ_MICROBATCH",
     "FACEQ_CHUNK_SIZE",
     "FACEQ_QUEUE",
     "FACEQ_IO_THREADS",

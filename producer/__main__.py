@@ -17,6 +17,7 @@ from faceq.storage import Storage, open_storage
 from producer import sources
 from producer.progress import wait_for_job, workers_online
 from producer.submit import new_job_id, submit
+from faceq.heartbeats import read_heartbeats
 
 log = logging.getLogger("producer")
 
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_options(attendance, default_mode="crop")
     status = commands.add_parser("status", help="progress of a job as JSON (with its summary once done)")
     status.add_argument("job_id")
+    commands.add_parser("workers", help="live workers from their heartbeats (device, batch settings, images/s)")
     wait = commands.add_parser("wait", help="wait for a job to finish, with progress")
     wait.add_argument("job_id")
     _add_wait_options(wait)
@@ -104,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
         return _wait(args, settings, storage, ledger, job_id) if args.wait else 0
     if args.command == "wait":
         return _wait(args, settings, storage, ledger, args.job_id)
+    if args.command == "workers":
+        print(json.dumps(read_heartbeats(ledger.redis), indent=2))
+        return 0
     progress = ledger.progress(args.job_id)
     if progress is None:
         print(f"no job {args.job_id!r} on {settings.broker_url}", file=sys.stderr)

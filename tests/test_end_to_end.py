@@ -222,3 +222,29 @@ def test_audit_defaults_to_detect_mode_on_real_photos(file_stack, tmp_path):
     assert portrait["status"] == "ok" and portrait["face_count"] == 1 and len(portrait["landmarks"]) == 10
     summary = file_stack.summary("e2e-detect")
     assert summary["n_items"] == 3 and summary["n_rows"] == 4 and summary["mode"] == "detect"
+
+
+def test_worker_heartbeat_reports_device_batching_and_throughput(file_stack, samples):
+    from faceq.devstack import wait_until
+
+    def heartbeat() -> dict | None:
+        listed = file_stack.producer("workers")
+        assert listed.returncode == 0, listed.stderr
+        mine = [w for w in json.loads(listed.stdout) if w["worker"] == file_stack.worker.hostname]
+        return mine[0] if mine else None
+
+    root, expected = samples
+    done = file_stack.producer("audit", str(root), "--job-id", "e2e-heartbeat", "--mode", "crop", "--wait",
+                               "--no-progress")
+    assert done.returncode == 0, done.stderr
+    wait_until(lambda: (heartbeat() or {}).get("images_total", 0) >= len(expected) - 6, 20, "a fresh heartbeat")
+    beat = heartbeat()
+    assert beat["device"] == "cpu" and beat["precision"] == "fp32" and beat["max_batch"] == 16
+    assert beat["microbatch"] is True and beat["batches_total"] >= 1
+    assert beat["images_per_second"] > 0 and beat["model_id"] == "rts-ir_se_tiny-random-seed0"
+
+
+def test_the_producer_never_imports_torch():
+    probe = "import sys, producer.__main__, producer.submit, producer.progress; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False", done.stderr

@@ -63,3 +63,40 @@ def test_a_missing_gpu_is_refused():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ModelError, match="no CUDA"):
         Engine(load_model(None, "ir_se_tiny"), "cuda:0", "fp32", max_batch=2)
+
+
+def test_out_of_memory_splits_the_batch_in_halves_down_to_single_images(engine, monkeypatch):
+    import torch
+
+    from faceq.errors import DeviceOutOfMemory
+
+    crops = np.random.default_rng(2).integers(0, 256, (4, 112, 112, 3), dtype=np.uint8)
+    expected = engine.infer(crops)
+    real_forward, attempts = engine._forward, []
+
+    def forward_that_fits_two(batch):  # injected failure: the device holds at most two images
+        attempts.append(len(batch))
+        if len(batch) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_forward(batch)
+
+    monkeypatch.setattr(engine, "_forward", forward_that_fits_two)
+    embeddings, quality = engine.infer(crops)
+    assert attempts == [4, 2, 2]
+    np.testing.assert_allclose(embeddings, expected[0], atol=1e-6)
+    np.testing.assert_allclose(quality, expected[1], rtol=1e-6)
+
+    attempts.clear()
+    monkeypatch.setattr(engine, "_forward", lambda batch: (attempts.append(len(batch)),
+                                                           (_ for _ in ()).throw(torch.OutOfMemoryError("full")))[1])
+    with pytest.raises(DeviceOutOfMemory, match="one image does not fit"):
+        engine.infer(crops[:2])
+    assert attempts == [2, 1]
+
+
+def test_batch_buckets_cover_every_size_up_to_the_largest():
+    from workers.engine import batch_buckets
+
+    assert batch_buckets(1) == [1]
+    assert batch_buckets(64) == [1, 2, 4, 8, 16, 32, 64]
+    assert batch_buckets(100) == [1, 2, 4, 8, 16, 32, 64, 100]

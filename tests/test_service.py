@@ -165,3 +165,23 @@ def test_a_detect_job_on_a_worker_without_detector_fails_with_the_reason(tmp_pat
     with pytest.raises(ModelError, match="has no detector.*face_detection_yunet"):
         processor.rows(_detect_chunk(tmp_path, all_faces=False))
     processor.close()
+
+
+def test_chunks_sharing_the_batcher_get_the_same_numbers_as_alone(setup, engine):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from workers.batcher import MicroBatcher
+
+    storage, ledger, processor, manifest, _ = setup
+    alone = {r.item_id: r for chunk in manifest.chunks() for r in processor.rows(chunk)}
+    batcher = MicroBatcher(engine.infer, max_batch=8, max_delay_ms=20)
+    shared = ChunkProcessor(Settings(io_threads=4), storage, ledger, engine, "w", batcher=batcher)
+    with ThreadPoolExecutor(len(manifest.chunks())) as pool:
+        together = [r for rows in pool.map(shared.rows, manifest.chunks()) for r in rows]
+    shared.close()
+    batcher.close()
+    assert batcher.stats.images == sum(r.status == "ok" for r in together)
+    for row in together:
+        if row.status == "ok":
+            np.testing.assert_allclose(row.embedding, alone[row.item_id].embedding, atol=1e-5)
+            assert abs(row.quality - alone[row.item_id].quality) <= 1e-5

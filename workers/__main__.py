@@ -12,7 +12,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
     parser.add_argument("--device", default=os.environ.get("FACEQ_DEVICE", "cpu"), help="cpu or cuda:N")
     parser.add_argument(
-        "--concurrency", type=int, default=1, help="task threads sharing the one warm model (default 1)"
+        "--concurrency", type=int, default=None,
+        help="chunk tasks in flight, sharing the one warm model (default: 4 on a GPU, 2 on the CPU)"
     )
     parser.add_argument("--queue", default=None, help="queue to consume (default FACEQ_QUEUE or 'faceq')")
     parser.add_argument("--hostname", default=None, help="worker name shown in Flower")
@@ -21,6 +22,9 @@ def main(argv: list[str] | None = None) -> None:
 
     # The device is fixed before the app (and torch) is imported; CUDA starts in this process.
     os.environ["FACEQ_DEVICE"] = args.device
+    # Enough chunks in flight that while one is on the device, the next is being fetched and
+    # decoded and the last is being written; prefetch 1 means no more are reserved than that.
+    concurrency = args.concurrency or (4 if args.device.startswith("cuda") else 2)
     if args.queue:
         os.environ["FACEQ_QUEUE"] = args.queue
     from celery.utils.nodenames import host_format
@@ -42,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
             # threads, even for one task at a time: the main thread stays free to answer
             # pings, Flower and broker heartbeats while a chunk runs; nothing forks after CUDA
             "--pool=threads",
-            f"--concurrency={args.concurrency}",
+            f"--concurrency={concurrency}",
             f"--hostname={hostname}",
             f"--loglevel={args.loglevel}",
             f"--queues={app.conf.task_default_queue}",

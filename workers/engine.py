@@ -1,9 +1,12 @@
 """The warm model on one device: weights loaded once, buffers preallocated, warmed up.
 
 Inputs arrive as uint8 BGR crops; they cross to the device as uint8 (4× less traffic than
-float) and are normalised there. One lock serialises device work between task threads.
-Cross-task micro-batching (a batcher in front of ``infer``) is a later step; ``infer``
-already splits any input into batches of at most ``max_batch``.
+float) through a pinned host buffer and are normalised, flipped to RGB and laid out on the
+device. On CUDA every batch is padded to a bucket (powers of two up to ``max_batch``) and
+every bucket is run once at start, so cuDNN autotuning happens before the first task and
+never again. A CUDA out-of-memory error splits the batch in halves down to single images;
+only an image that does not fit alone fails (``DeviceOutOfMemory``, retried by the task).
+One lock serialises device work; the micro-batcher is normally its only caller.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from faceq.errors import ModelError
+from faceq.errors import DeviceOutOfMemory, ModelError
 from models.preprocess import normalize_batch
 from models.rts import EMBEDDING_DIM, INPUT_SIZE, embed_and_score
 from models.weights import LoadedModel
@@ -52,6 +55,15 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
     return PRECISIONS[name]
 
 
+def batch_buckets(max_batch: int) -> list[int]:
+    """1, 2, 4, … below ``max_batch``, and ``max_batch`` itself."""
+    buckets, size = [], 1
+    while size < max_batch:
+        buckets.append(size)
+        size *= 2
+    return buckets + [max_batch]
+
+
 @dataclass(frozen=True)
 class EngineInfo:
     device: str
@@ -76,6 +88,7 @@ class Engine:
         self._lock = threading.Lock()
         shape = (max_batch, INPUT_SIZE, INPUT_SIZE, 3)
         on_cuda = self.device.type == "cuda"
+        self.buckets = batch_buckets(max_batch) if on_cuda else None  # CPU: no padding, no autotune
         self._host = torch.empty(shape, dtype=torch.uint8, pin_memory=on_cuda)
         self._device_input = torch.empty(shape, dtype=torch.uint8, device=self.device)
         self.info = self._warm_up()
@@ -85,8 +98,9 @@ class Engine:
         start = time.perf_counter()
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
+        sizes = self.buckets or sorted({1, self.max_batch})
         try:  # the warm-up is also the proof that this device runs this precision
-            for size in sorted({1, self.max_batch}):
+            for size in sizes:
                 self.infer(np.zeros((size, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8))
         except RuntimeError as exc:
             raise ModelError(f"{self.device} cannot run the model in {self.precision}: {exc}") from exc
@@ -114,8 +128,24 @@ class Engine:
         quality = np.empty(len(crops), dtype=np.float32)
         for start in range(0, len(crops), self.max_batch):
             stop = min(start + self.max_batch, len(crops))
-            embeddings[start:stop], quality[start:stop] = self._forward(crops[start:stop])
+            embeddings[start:stop], quality[start:stop] = self._forward_splitting_on_oom(crops[start:stop])
         return embeddings, quality
+
+    def _forward_splitting_on_oom(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            return self._forward(crops)
+        except torch.OutOfMemoryError as exc:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(crops) == 1:
+                raise DeviceOutOfMemory(f"one image does not fit on {self.device}: {exc}") from exc
+            half = len(crops) // 2
+            log.warning("out of memory on a batch of %d; retrying as %d + %d", len(crops), half, len(crops) - half)
+            first, second = self._forward_splitting_on_oom(crops[:half]), self._forward_splitting_on_oom(crops[half:])
+            return np.concatenate([first[0], second[0]]), np.concatenate([first[1], second[1]])
+
+    def _bucket(self, n: int) -> int:
+        return n if self.buckets is None else next(size for size in self.buckets if size >= n)
 
     @torch.inference_mode()
     def _forward(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -123,10 +153,10 @@ class Engine:
         with self._lock:
             host = self._host[:n]
             host.copy_(torch.from_numpy(crops))
-            device_input = self._device_input[:n]
-            device_input.copy_(host, non_blocking=True)
+            device_input = self._device_input[: self._bucket(n)]  # padding rows are ignored
+            device_input[:n].copy_(host, non_blocking=True)
             x = normalize_batch(device_input, self.dtype)
             if self.device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             embedding, score = embed_and_score(self.model, x)
-            return embedding.cpu().numpy(), score.cpu().numpy()
+            return embedding[:n].cpu().numpy(), score[:n].cpu().numpy()

@@ -18,7 +18,9 @@ from faceq.settings import Settings
 from faceq.storage import Storage, open_storage
 from models.detect import YUNET_HELP, FaceDetector
 from models.weights import load_model
+from workers.batcher import MicroBatcher
 from workers.engine import Engine
+from workers.health import Heartbeat
 from workers.service import ChunkProcessor
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,8 @@ class Runtime:
     ledger: Ledger
     engine: Engine
     processor: ChunkProcessor
+    batcher: MicroBatcher | None
+    heartbeat: Heartbeat
 
 
 _runtime: Runtime | None = None
@@ -48,10 +52,24 @@ def build_runtime(settings: Settings, worker_name: str | None = None) -> Runtime
             raise ModelError(YUNET_HELP)
         detector = FaceDetector(settings.detector_weights, settings.detect_score, max_side=settings.detect_max_side)
     name = worker_name or f"faceq-{settings.device.replace(':', '')}@{socket.gethostname()}"
-    processor = ChunkProcessor(settings, storage, ledger, engine, name, detector)
-    log.info("faceq worker ready: device=%s modes=%s storage=%s model_id=%s", engine.device,
-             ",".join(settings.modes), storage.url, engine.model_id)
-    return Runtime(settings, storage, ledger, engine, processor)
+    batcher = MicroBatcher(engine.infer, settings.max_batch, settings.max_delay_ms) if settings.microbatch else None
+    processor = ChunkProcessor(settings, storage, ledger, engine, name, detector, batcher)
+    heartbeat = Heartbeat(ledger.redis, name, settings, engine, batcher).start()
+    log.info("faceq worker ready: device=%s modes=%s micro-batching=%s storage=%s model_id=%s", engine.device,
+             ",".join(settings.modes), "on" if batcher else "off", storage.url, engine.model_id)
+    return Runtime(settings, storage, ledger, engine, processor, batcher, heartbeat)
+
+
+def shutdown_runtime() -> None:
+    """Stop the heartbeat (the worker vanishes from the health list at once) and the threads."""
+    global _runtime
+    with _lock:
+        if _runtime is not None:
+            _runtime.heartbeat.stop()
+            if _runtime.batcher is not None:
+                _runtime.batcher.close()
+            _runtime.processor.close()
+            _runtime = None
 
 
 def get_runtime(worker_name: str | None = None) -> Runtime:

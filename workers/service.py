@@ -28,6 +28,7 @@ from faceq.summary import finalize
 from models.decisions import review_reasons
 from models.detect import YUNET_HELP, FaceDetector
 from models.preprocess import PreparedImage, crop_face, decode_image, detect_faces
+from workers.batcher import MicroBatcher
 from workers.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -53,13 +54,15 @@ class ChunkOutcome:
 
 class ChunkProcessor:
     def __init__(self, settings: Settings, storage: Storage, ledger: Ledger, engine: Engine, worker: str,
-                 detector: FaceDetector | None = None):
+                 detector: FaceDetector | None = None, batcher: MicroBatcher | None = None):
         self.settings = settings
         self.storage = storage
         self.ledger = ledger
         self.engine = engine
         self.worker = worker
         self.detector = detector
+        # with a batcher, this chunk's crops share device batches with other tasks' crops
+        self._infer = batcher.infer if batcher is not None else engine.infer
         self._io = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="faceq-io")
 
     def close(self) -> None:
@@ -95,7 +98,7 @@ class ChunkProcessor:
         ]
         embeddings, quality = (None, None)
         if faces:
-            embeddings, quality = self.engine.infer(np.stack([face.pixels for _, _, face in faces]))
+            embeddings, quality = self._infer(np.stack([face.pixels for _, _, face in faces]))
         faces_of_item: dict[int, list[int]] = {}
         for position, (i, _, _) in enumerate(faces):
             faces_of_item.setdefault(i, []).append(position)

@@ -7,18 +7,18 @@ import logging
 import redis
 from celery import Task
 from celery.exceptions import WorkerShutdown
-from celery.signals import celeryd_after_setup
+from celery.signals import celeryd_after_setup, worker_shutdown
 
-from faceq.errors import FaceqError, StorageError
+from faceq.errors import DeviceOutOfMemory, FaceqError, StorageError
 from faceq.jobs import ChunkSpec
 from faceq.ledger import ChunkRecord
 from workers.app import FINALIZE_JOB, PROCESS_CHUNK, app
-from workers.runtime import get_runtime
+from workers.runtime import get_runtime, shutdown_runtime
 from workers.service import FinalizeOutcome, finalize_job
 
 log = logging.getLogger(__name__)
 
-TRANSIENT = (StorageError, redis.ConnectionError, redis.TimeoutError)
+TRANSIENT = (StorageError, DeviceOutOfMemory, redis.ConnectionError, redis.TimeoutError)
 
 
 @celeryd_after_setup.connect
@@ -33,6 +33,11 @@ def _load_model_before_first_task(sender: str, **_):
     except Exception as exc:
         log.critical("faceq worker cannot start: %s", exc, exc_info=not isinstance(exc, FaceqError))
         raise WorkerShutdown(1) from exc
+
+
+@worker_shutdown.connect
+def _stop_runtime(**_):
+    shutdown_runtime()
 
 
 class ChunkTask(Task):
