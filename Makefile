@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 # CPU wheels by default; on a GPU host: make install TORCH_INDEX=https://download.pytorch.org/whl/cu128
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install demo test worker flower bench-precision clean
+.PHONY: install demo test worker flower bench bench-precision clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ worker: install
 
 flower: install
 	$(VENV)/bin/celery -A workers.app flower --port=$${FLOWER_PORT:-5555}
+
+bench: install
+	$(PY) -m bench --record
 
 bench-precision: install
 	$(PY) -m bench.precision --record

@@ -133,6 +133,7 @@ ENV_VARS = (
     "FACEQ_MAX_IMAGE_BYTES",
     "FACEQ_MAX_IMAGE_PIXELS",
     "FACEQ_REVIEW_QUALITY",
+    "FACEQ_HEARTBEAT_SECONDS",
     # read by celeryconfig.py (Celery settings live there)
     "FACEQ_CHUNK_MAX_RETRIES",
     "FACEQ_VISIBILITY_TIMEOUT",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 
@@ -21,7 +22,7 @@ from workers.engine import Engine
 
 log = logging.getLogger(__name__)
 
-INTERVAL_SECONDS = 5.0
+INTERVAL_SECONDS = float(os.environ.get("FACEQ_HEARTBEAT_SECONDS") or 5.0)
 
 
 class Heartbeat:

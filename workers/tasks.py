@@ -59,9 +59,13 @@ class ChunkTask(Task):
 )
 def process_chunk(chunk: dict) -> dict:
     spec = ChunkSpec.from_message(chunk)
-    outcome = get_runtime().processor.process(spec)
+    runtime = get_runtime()
+    outcome = runtime.processor.process(spec)
+    # The last chunk finalizes the job itself (one task fewer per job: it matters for
+    # one-image jobs); if another worker holds the finalize lease, a finalize task waits it out.
     if outcome.record is ChunkRecord.COMPLETE:
-        finalize_job_task.delay(spec.job_id, spec.run_id)
+        if finalize_job(runtime.storage, runtime.ledger, spec.job_id, spec.run_id) is FinalizeOutcome.BUSY:
+            finalize_job_task.apply_async((spec.job_id, spec.run_id), countdown=15)
     return {"items": outcome.n_items, "errors": outcome.n_errors, "flagged": outcome.n_flagged}
 
 

@@ -1,0 +1,146 @@
+"""``python -m bench``: how fast faceq is, from the bare model to a real job, as one JSON document.
+
+For each network: ``bare_model_ips`` (forward at the best batch, inputs on the device: the
+ceiling), ``engine_ips`` (uint8 crops in host memory through the engine and micro-batcher),
+``e2e_ips`` (a real job through Redis, a worker process and storage, file:// and S3 via
+moto, from 112×112 JPEG crops to Parquet rows), ``per_image_ips`` / ``microbatch_ips``
+(one-image jobs with cross-task batching off / on), a batch-size sweep with p50/p95 batch
+latency, worker CPU utilisation and warm GPU memory; ratios against the ceiling.
+``--record`` appends the tables to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from bench import record
+
+CPU_DEFAULTS = {"ir_se_64": {"batches": [1, 8, 32], "images": 96, "jobs": 0},
+                "ir_se_tiny": {"batches": [1, 8, 32, 128], "images": 512, "jobs": 200}}
+GPU_DEFAULTS = {"ir_se_64": {"batches": [1, 8, 32, 64, 128, 256, 512], "images": 20000, "jobs": 2000},
+                "ir_se_tiny": {"batches": [1, 8, 32, 128, 512], "images": 20000, "jobs": 2000}}
+
+
+def measure_arch(arch: str, args, workdir: Path, s3_endpoint: str | None, base_env: dict[str, str]) -> dict:
+    from bench import model_speed, pipeline
+
+    defaults = (GPU_DEFAULTS if args.device.startswith("cuda") else CPU_DEFAULTS)[arch]
+    batches = args.batch_sizes or defaults["batches"]
+    result = model_speed.bare_model(arch, args.device, args.precision, batches, args.min_seconds)
+    batch = result["best_batch"]
+    result |= model_speed.engine_speed(arch, args.device, args.precision, batch, n_images=max(2 * batch, 64))
+    if args.skip_e2e:
+        return result
+    images = args.images or defaults["images"]
+    e2e = {"file": pipeline.e2e(base_env, workdir, (workdir / f"store-{arch}").as_uri(), None, arch, args.device,
+                                args.precision, batch, images, args.timeout)}
+    if s3_endpoint:
+        e2e["s3"] = pipeline.e2e(base_env, workdir, f"s3://faceq-bench/{arch}", s3_endpoint, arch, args.device,
+                                 args.precision, batch, images, args.timeout)
+    result["e2e"] = e2e
+    result["e2e_ips"] = {kind: row["ips"] for kind, row in e2e.items()}
+    jobs = args.jobs if args.jobs is not None else defaults["jobs"]
+    if jobs:
+        for microbatch, key in ((False, "per_image"), (True, "microbatch")):
+            result[key] = pipeline.one_image_jobs(base_env, workdir / key, arch, args.device, args.precision, batch,
+                                                  jobs, microbatch, args.concurrency, args.timeout)
+            result[f"{key}_ips"] = result[key]["ips"]
+    bare_at_batch = next(row["ips"] for row in result["batch_sweep"] if row["batch"] == batch)
+    result["ratios"] = {"engine_over_bare": round(result["engine_ips"] / bare_at_batch, 3)}
+    for kind, ips in result["e2e_ips"].items():
+        result["ratios"][f"e2e_{kind}_over_bare"] = round(ips / bare_at_batch, 3)
+    if jobs:
+        result["ratios"]["microbatch_over_per_image"] = round(result["microbatch_ips"] / result["per_image_ips"], 3)
+    return result
+
+
+def as_tables(document: dict) -> str:
+    lines = []
+    for arch, r in document["results"].items():
+        lines += [f"**{arch}** on {document['device']} {document['precision']} (best batch {r['best_batch']}):", "",
+                  "| metric | images/s |", "| --- | --- |", f"| bare_model_ips | {r['bare_model_ips']} |",
+                  f"| engine_ips | {r['engine_ips']} |"]
+        for kind, ips in r.get("e2e_ips", {}).items():
+            lines.append(f"| e2e_ips ({kind}) | {ips} (worker CPU {r['e2e'][kind]['worker_cpu_percent']} %) |")
+        for key in ("per_image", "microbatch"):
+            if key in r:
+                lines.append(f"| {key}_ips ({r[key]['jobs']} one-image jobs, {r[key]['concurrency']} task threads) "
+                             f"| {r[key]['ips']} |")
+        lines += ["", "Ratios: " + ", ".join(f"{k} = {v}" for k, v in r.get("ratios", {}).items()), "",
+                  "| batch | images/s | p50 ms | p95 ms |", "| --- | --- | --- | --- |"]
+        lines += [f"| {row['batch']} | {row['ips']} | {row['latency_ms_p50']} | {row['latency_ms_p95']} |"
+                  for row in r["batch_sweep"]]
+        if r.get("warm_memory_bytes"):
+            lines.append(f"\nWarm GPU memory: {r['warm_memory_bytes'] / 2**20:.0f} MiB")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--arch", action="append", help="ir_se_64 and/or ir_se_tiny (default: both)")
+    parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--images", type=int, help="images in the end-to-end job")
+    parser.add_argument("--jobs", type=int, help="one-image jobs for per_image/microbatch (0: skip)")
+    parser.add_argument("--concurrency", type=int, default=8, help="task threads for the one-image jobs")
+    parser.add_argument("--min-seconds", type=float, default=2.0, help="timing window per batch size")
+    parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--skip-e2e", action="store_true", help="only the in-process figures")
+    parser.add_argument("--no-s3", action="store_true", help="skip the S3 (moto) end-to-end run")
+    parser.add_argument("--record", action="store_true", help="append the tables to bench/RESULTS.md")
+    args = parser.parse_args()
+
+    from faceq.devstack import RedisServer
+
+    with tempfile.TemporaryDirectory(prefix="faceq-bench-") as tmp:
+        workdir = Path(tmp)
+        redis_server = RedisServer(workdir / "redis").start()
+        os.environ["FACEQ_BROKER_URL"] = redis_server.url  # before workers.app is first used
+        moto = None
+        try:
+            from bench.pipeline import python_env
+
+            base_env = python_env() | {"FACEQ_BROKER_URL": redis_server.url}
+            s3_endpoint = None
+            if not (args.skip_e2e or args.no_s3):
+                moto, s3_endpoint = _start_moto(base_env)
+            results = {arch: measure_arch(arch, args, workdir, s3_endpoint, base_env)
+                       for arch in (args.arch or ["ir_se_64", "ir_se_tiny"])}
+        finally:
+            if moto is not None:
+                moto.stop()
+            redis_server.stop()
+    document = {"benchmark": "faceq", "device": args.device, "precision": args.precision, "results": results,
+                "machine": record.machine(), "commit": record.commit()}
+    print(json.dumps(document, indent=2))
+    if args.record:
+        record.append("Throughput (`python -m bench`)", as_tables(document), document)
+
+
+def _start_moto(base_env: dict[str, str]):
+    """moto's S3 server on loopback, with throw-away credentials for it and the workers."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from faceq.devstack import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    credentials = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+    os.environ.update(credentials)
+    base_env.update(credentials)
+    endpoint = f"http://127.0.0.1:{port}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="faceq-bench")
+    return server, endpoint
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""End-to-end speed: real jobs through Redis, a worker process and storage.
+
+One private redis-server for the whole run; worker processes are started one at a time
+(each with its own settings) so no two compete for the queue or the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from faceq.devstack import WorkerProcess, wait_until
+from faceq.heartbeats import read_heartbeats
+from faceq.jobs import Item
+from faceq.ledger import Ledger
+from faceq.settings import Settings
+from faceq.storage import Storage, open_storage
+from producer.samples import draw_face, encode
+from producer.submit import submit
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), to report worker CPU utilisation."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def write_crops(storage: Storage, prefix: str, n: int) -> list[Item]:
+    """``n`` distinct 112×112 JPEG face crops under ``prefix``; returns them as job items."""
+    rng = np.random.default_rng(1)
+    items = []
+    for i in range(n):
+        key = f"{prefix}/crop-{i:05d}.jpg"
+        uri = storage.put_bytes(key, encode(draw_face(rng, 112), ".jpg"), "image/jpeg")
+        items.append(Item(key, uri))
+    return items
+
+
+@contextmanager
+def worker(env: dict[str, str], log_path: Path, device: str, concurrency: int):
+    process = WorkerProcess(env, log_path, device=device, concurrency=concurrency)
+    process.start(ready_timeout=300)
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def batching_stats(ledger: Ledger, worker: WorkerProcess) -> dict:
+    """Images and device batches the worker ran, from its heartbeat (refreshed every 0.5 s here)."""
+    time.sleep(1.2)
+    beat = next((b for b in read_heartbeats(ledger.redis) if b["worker"] == worker.hostname), {})
+    images, batches = beat.get("images_total"), beat.get("batches_total")
+    mean = round(images / batches, 2) if images and batches else None
+    return {"device_batches": batches, "mean_batch": mean}
+
+
+def run_jobs(ledger: Ledger, storage: Storage, settings: Settings, jobs_items: list[list[Item]], prefix: str,
+             timeout: float) -> tuple[float, list[str]]:
+    """Submit every job at once and wait for all; returns (seconds, job ids)."""
+    started = time.perf_counter()
+    job_ids = []
+    for k, items in enumerate(jobs_items):
+        job_id = f"{prefix}-{k:05d}"
+        submit(settings, storage, ledger, kind="audit", items=items, source="bench", job_id=job_id,
+               chunk_size=settings.chunk_size, mode="crop")
+        job_ids.append(job_id)
+
+    def all_done() -> bool:
+        return all(ledger.progress(j).complete for j in job_ids)
+
+    wait_until(all_done, timeout, f"{len(job_ids)} benchmark job(s)", interval=0.05)
+    return time.perf_counter() - started, job_ids
+
+
+def e2e(base_env: dict[str, str], workdir: Path, storage_url: str, s3_endpoint: str | None, arch: str, device: str,
+        precision: str, batch: int, n_images: int, timeout: float) -> dict:
+    """A job of ``n_images`` 112×112 JPEG crops in storage → Parquet rows, through a worker."""
+    env = base_env | {"FACEQ_STORAGE_URL": storage_url, "FACEQ_MODEL_ARCH": arch, "FACEQ_PRECISION": precision,
+                      "FACEQ_MAX_BATCH": str(batch), "FACEQ_CHUNK_SIZE": str(max(batch, 64)), "FACEQ_MODES": "crop"}
+    if s3_endpoint:
+        env["FACEQ_S3_ENDPOINT_URL"] = s3_endpoint
+    storage = open_storage(storage_url, s3_endpoint)
+    ledger = Ledger.from_url(env["FACEQ_BROKER_URL"])
+    settings = Settings(broker_url=env["FACEQ_BROKER_URL"], storage_url=storage_url, chunk_size=max(batch, 64))
+    items = write_crops(storage, f"bench-inputs/{arch}", n_images)
+    concurrency = 4 if device.startswith("cuda") else 2
+    with worker(env, workdir / f"worker-e2e-{arch}-{storage_url.split(':')[0]}.log", device, concurrency) as w:
+        cpu_before = cpu_seconds(w.process.pid)
+        seconds, _ = run_jobs(ledger, storage, settings, [items], f"e2e-{arch}-{storage_url.split(':')[0]}", timeout)
+        cpu = cpu_seconds(w.process.pid) - cpu_before
+        batching = batching_stats(ledger, w)
+    return {"ips": round(n_images / seconds, 2), "images": n_images, "seconds": round(seconds, 3),
+            "worker_cpu_percent": round(100 * cpu / seconds, 1), **batching}
+
+
+def one_image_jobs(base_env: dict[str, str], workdir: Path, arch: str, device: str, precision: str, batch: int,
+                   n_jobs: int, microbatch: bool, concurrency: int, timeout: float) -> dict:
+    """``n_jobs`` one-image jobs at once, cross-task micro-batching on or off."""
+    storage_url = (workdir / "store").as_uri()
+    env = base_env | {"FACEQ_STORAGE_URL": storage_url, "FACEQ_MODEL_ARCH": arch, "FACEQ_PRECISION": precision,
+                      "FACEQ_MAX_BATCH": str(batch), "FACEQ_MICROBATCH": "1" if microbatch else "0",
+                      "FACEQ_MODES": "crop"}
+    storage = open_storage(storage_url)
+    ledger = Ledger.from_url(env["FACEQ_BROKER_URL"])
+    settings = Settings(broker_url=env["FACEQ_BROKER_URL"], storage_url=storage_url, chunk_size=1)
+    items = write_crops(storage, f"bench-inputs/one-image-{arch}", n_jobs)
+    label = "microbatch" if microbatch else "per-image"
+    with worker(env, workdir / f"worker-{label}-{arch}.log", device, concurrency) as w:
+        cpu_before = cpu_seconds(w.process.pid)
+        seconds, _ = run_jobs(ledger, storage, settings, [[item] for item in items], f"{label}-{arch}", timeout)
+        cpu = cpu_seconds(w.process.pid) - cpu_before
+        batching = batching_stats(ledger, w) if microbatch else {"device_batches": n_jobs, "mean_batch": 1.0}
+    return {"ips": round(n_jobs / seconds, 2), "jobs": n_jobs, "seconds": round(seconds, 3),
+            "concurrency": concurrency, "worker_cpu_percent": round(100 * cpu / seconds, 1), **batching}
+
+
+def python_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEQ_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    env["FACEQ_HEARTBEAT_SECONDS"] = "0.5"
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
