@@ -45,8 +45,11 @@ def measure_arch(arch: str, args, workdir: Path, s3_endpoint: str | None, base_e
     result["e2e_ips"] = {kind: row["ips"] for kind, row in e2e.items()}
     jobs = args.jobs if args.jobs is not None else defaults["jobs"]
     if jobs:
+        # One-image jobs give the batcher single crops to combine: let it form the largest
+        # batch of the sweep (without it every batch has one image, whatever the limit).
+        room = max(batches)
         for microbatch, key in ((False, "per_image"), (True, "microbatch")):
-            result[key] = pipeline.one_image_jobs(base_env, workdir / key, arch, args.device, args.precision, batch,
+            result[key] = pipeline.one_image_jobs(base_env, workdir / key, arch, args.device, args.precision, room,
                                                   jobs, microbatch, args.concurrency, args.timeout)
             result[f"{key}_ips"] = result[key]["ips"]
     bare_at_batch = next(row["ips"] for row in result["batch_sweep"] if row["batch"] == batch)

@@ -90,17 +90,17 @@ class ChunkProcessor:
         if spec.mode == "detect" and self.detector is None:
             raise ModelError(f"job {spec.job_id} asks for detect mode but this worker has no detector. {YUNET_HELP}")
         prepared = list(self._io.map(lambda item: self._prepare(item, spec.mode), spec.items))
-        faces = [
-            (i, k, face)
+        faces = [  # (item index, face crop) for every face that goes through the model
+            (i, face)
             for i, outcome in enumerate(prepared)
             if isinstance(outcome, PreparedImage)
-            for k, face in enumerate(outcome.faces[: None if spec.all_faces else 1])
+            for face in outcome.faces[: None if spec.all_faces else 1]
         ]
         embeddings, quality = (None, None)
         if faces:
-            embeddings, quality = self._infer(np.stack([face.pixels for _, _, face in faces]))
+            embeddings, quality = self._infer(np.stack([face.pixels for _, face in faces]))
         faces_of_item: dict[int, list[int]] = {}
-        for position, (i, _, _) in enumerate(faces):
+        for position, (i, _) in enumerate(faces):
             faces_of_item.setdefault(i, []).append(position)
         now = datetime.now(timezone.utc)
         rows = []
@@ -114,8 +114,8 @@ class ChunkProcessor:
             else:
                 item_rows = [
                     ItemResult(status="ok", embedding=embeddings[p], quality=float(quality[p]),
-                               face_count=outcome.face_count, face_index=k, bbox=faces[p][2].bbox,
-                               landmarks=faces[p][2].landmarks, **base)
+                               face_count=outcome.face_count, face_index=k, bbox=faces[p][1].bbox,
+                               landmarks=faces[p][1].landmarks, **base)
                     for k, p in enumerate(faces_of_item[i])
                 ]
             for row in item_rows:
