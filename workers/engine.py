@@ -1,8 +1,8 @@
 """The warm model on one device: weights loaded once, buffers preallocated, warmed up.
 
 Inputs arrive as uint8 BGR crops; they cross to the device as uint8 (4× less traffic than
-float) through a pinned host buffer and are normalised, flipped to RGB and laid out on the
-device. On CUDA every batch is padded to a bucket (powers of two up to ``max_batch``) and
+float) through a pinned host buffer and are normalised, flipped to RGB and laid out
+(channels_last) on the device. On CUDA every batch is padded to a bucket (powers of two up to ``max_batch``) and
 every bucket is run once at start, so cuDNN autotuning happens before the first task and
 never again. A CUDA out-of-memory error splits the batch in halves down to single images;
 only an image that does not fit alone fails (``DeviceOutOfMemory``, retried by the task).
@@ -83,8 +83,9 @@ class Engine:
         self.max_batch = max_batch
         self.model_id = loaded.model_id
         self.random_weights = loaded.random_weights
-        memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
-        self.model = loaded.model.to(self.device, dtype=self.dtype, memory_format=memory_format).eval()
+        # channels_last on every device: measured on this project's 2-core x86 CPU, 1.2× (IR-SE-64)
+        # to 2.4× (tiny) faster than NCHW; on GPUs it is what tensor cores want.
+        self.model = loaded.model.to(self.device, dtype=self.dtype, memory_format=torch.channels_last).eval()
         self._lock = threading.Lock()
         shape = (max_batch, INPUT_SIZE, INPUT_SIZE, 3)
         on_cuda = self.device.type == "cuda"
@@ -155,8 +156,6 @@ class Engine:
             host.copy_(torch.from_numpy(crops))
             device_input = self._device_input[: self._bucket(n)]  # padding rows are ignored
             device_input[:n].copy_(host, non_blocking=True)
-            x = normalize_batch(device_input, self.dtype)
-            if self.device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = normalize_batch(device_input, self.dtype).contiguous(memory_format=torch.channels_last)
             embedding, score = embed_and_score(self.model, x)
             return embedding[:n].cpu().numpy(), score[:n].cpu().numpy()
