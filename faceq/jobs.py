@@ -13,7 +13,7 @@ from typing import Any
 
 from faceq.errors import JobError
 
-JOB_KINDS = ("audit", "attendance")
+JOB_KINDS = ("audit", "attendance", "enroll")
 MODES = ("crop", "detect")  # see models/preprocess.py
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -48,6 +48,15 @@ def inputs_prefix(job_id: str) -> str:
     return f"jobs/{job_id}/inputs/"
 
 
+def report_key(job_id: str) -> str:
+    return f"jobs/{job_id}/report.html"
+
+
+def latest_job_key(kind: str) -> str:
+    """Points at the last finished job of a kind: the default baseline for drift alerts."""
+    return f"jobs/_latest/{kind}.json"
+
+
 @dataclass(frozen=True)
 class Item:
     """One input image. ``fields`` carries manifest columns into the output (attendance)."""
@@ -68,6 +77,9 @@ class ChunkSpec:
     mode: str
     items: tuple[Item, ...]
     all_faces: bool = False  # detect mode: one row per usable face instead of the largest only
+    gallery: str | None = None  # attendance: match against this gallery …
+    gallery_version: int | None = None  # … at this version (fixed when the job is planned)
+    top_k: int = 0  # attendance: also list the K best 1:N candidates
 
     def to_message(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,6 +104,10 @@ class JobManifest:
     items: tuple[Item, ...]
     model_weights: str | None = None
     all_faces: bool = False
+    gallery: str | None = None  # attendance: the gallery matched against; enroll: the one built
+    gallery_version: int | None = None
+    top_k: int = 0
+    baseline_job_id: str | None = None  # compare per-source quality with this job (default: the last one)
 
     @property
     def n_chunks(self) -> int:
@@ -107,6 +123,9 @@ class JobManifest:
                 mode=self.mode,
                 items=self.items[index * self.chunk_size : (index + 1) * self.chunk_size],
                 all_faces=self.all_faces,
+                gallery=self.gallery if self.kind == "attendance" else None,
+                gallery_version=self.gallery_version if self.kind == "attendance" else None,
+                top_k=self.top_k,
             )
             for index in range(self.n_chunks)
         ]

@@ -55,10 +55,32 @@ class ItemResult:
     bbox: list[float] | None = None
     landmarks: list[float] | None = None
     fields: dict[str, str] = field(default_factory=dict)
+    # attendance against a gallery
+    decision: str | None = None
+    similarity: float | None = None
+    gallery: str | None = None
+    best_candidate_id: str | None = None
+    best_candidate_score: float | None = None
+    top_k_ids: list[str] | None = None
+    top_k_scores: list[float] | None = None
 
 
-def to_table(rows: list[ItemResult], extra_columns: list[str]) -> pa.Table:
-    """Rows → an Arrow table with the contract schema plus string ``extra_columns``."""
+VERIFICATION_SCHEMA = pa.schema(
+    [
+        ("decision", pa.string()),
+        ("similarity", pa.float32()),
+        ("gallery", pa.string()),
+        ("best_candidate_id", pa.string()),
+        ("best_candidate_score", pa.float32()),
+        ("top_k_ids", pa.list_(pa.string())),
+        ("top_k_scores", pa.list_(pa.float32())),
+    ]
+)
+
+
+def to_table(rows: list[ItemResult], extra_columns: list[str], verification: bool = False) -> pa.Table:
+    """Rows → an Arrow table with the contract schema, the verification columns (attendance
+    against a gallery) and string ``extra_columns``."""
     columns = {
         "item_id": [r.item_id for r in rows],
         "source_uri": [r.source_uri for r in rows],
@@ -76,6 +98,10 @@ def to_table(rows: list[ItemResult], extra_columns: list[str]) -> pa.Table:
         "processed_at": [r.processed_at for r in rows],
     }
     schema = BASE_SCHEMA
+    if verification:
+        for column in VERIFICATION_SCHEMA:
+            schema = schema.append(column)
+            columns[column.name] = [getattr(r, column.name) for r in rows]
     for name in extra_columns:
         schema = schema.append(pa.field(name, pa.string()))
         columns[name] = [r.fields.get(name) for r in rows]

@@ -46,10 +46,28 @@ def _modes(raw: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class ReviewThresholds:
+class TrustThresholds:
     """The seed's trust rules (see ../shared/SEED.md); configurable, defaults are the seed's."""
 
-    review_quality: float = 0.4  # below: the embedding is not trustworthy → manual review
+    review_quality: float = 0.4  # below: untrusted, retake or review by hand
+    match_quality: float = 0.6  # a confident decision needs at least this quality
+    match_similarity: float = 0.45  # above (with good quality): same person
+    mismatch_similarity: float = 0.35  # below (with good quality): possible impersonation
+    not_a_face_quality: float = 0.2  # below: probably not a face at all (the seed's cat: 0.19)
+    enrol_quality: float = 0.6  # enrolment images below this are not used for templates
+    duplicate_similarity: float = 0.8  # two employees' templates closer than this: same person?
+    drift_drop: float = 0.15  # a source's median quality falling this much against the last job
+
+    @classmethod
+    def from_env(cls) -> "TrustThresholds":
+        d = cls()
+        return cls(**{name: _float(f"FACEQ_{name.upper()}", getattr(d, name)) for name in THRESHOLD_NAMES})
+
+
+THRESHOLD_NAMES = (
+    "review_quality", "match_quality", "match_similarity", "mismatch_similarity", "not_a_face_quality",
+    "enrol_quality", "duplicate_similarity", "drift_drop",
+)
 
 
 @dataclass(frozen=True)
@@ -75,7 +93,7 @@ class Settings:
     io_threads: int = 8
     max_image_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = 50_000_000
-    thresholds: ReviewThresholds = field(default_factory=ReviewThresholds)
+    thresholds: TrustThresholds = field(default_factory=TrustThresholds)
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -102,9 +120,7 @@ class Settings:
             io_threads=_int("FACEQ_IO_THREADS", d.io_threads),
             max_image_bytes=_int("FACEQ_MAX_IMAGE_BYTES", d.max_image_bytes),
             max_image_pixels=_int("FACEQ_MAX_IMAGE_PIXELS", d.max_image_pixels),
-            thresholds=ReviewThresholds(
-                review_quality=_float("FACEQ_REVIEW_QUALITY", ReviewThresholds.review_quality),
-            ),
+            thresholds=TrustThresholds.from_env(),
         )
 
 
@@ -132,7 +148,7 @@ ENV_VARS = (
     "FACEQ_IO_THREADS",
     "FACEQ_MAX_IMAGE_BYTES",
     "FACEQ_MAX_IMAGE_PIXELS",
-    "FACEQ_REVIEW_QUALITY",
+    *(f"FACEQ_{name.upper()}" for name in THRESHOLD_NAMES),
     "FACEQ_HEARTBEAT_SECONDS",
     # read by celeryconfig.py (Celery settings live there)
     "FACEQ_CHUNK_MAX_RETRIES",

@@ -1,22 +1,66 @@
-"""The seed's trust rules turned into a review flag and reasons. Pure functions."""
+"""The seed's trust rules turned into decisions and review reasons. Pure functions.
+
+Audits flag what a person should look at; attendance decides whether a check-in is the
+employee it claims to be. Thresholds (``TrustThresholds``) default to the seed's:
+quality < 0.4 untrusted, ≥ 0.6 with similarity > 0.45 a match, similarity < 0.35 a
+possible impersonation, anything between a grey zone.
+"""
 
 from __future__ import annotations
 
-from faceq.settings import ReviewThresholds
+from dataclasses import dataclass
+
+from faceq.settings import TrustThresholds
+
+DECISIONS = ("match", "mismatch", "grey_zone", "untrusted", "not_enrolled", "no_face", "error")
 
 
-def review_reasons(status: str, quality: float | None, thresholds: ReviewThresholds) -> list[str]:
-    """Why a person should look at this item; empty when the result can be trusted.
+def review_reasons(status: str, quality: float | None, face_count: int, thresholds: TrustThresholds) -> list[str]:
+    """Why a person should look at this photo; empty when it is fine.
 
-    - ``error``: the item could not be processed (its ``error`` column says why);
-    - ``no_face``: nothing to recognise;
-    - ``low_quality``: quality below the review threshold (seed: < 0.4 → similarity is not
-      trustworthy, retake or review by hand).
+    ``error`` (unusable file), ``no_face``, ``multiple_faces``, ``low_quality`` (below the
+    review threshold: the embedding is not trustworthy) and, for very low scores,
+    ``likely_not_a_face`` (the seed's cat walking past the camera).
     """
     if status == "error":
         return ["error"]
     if status == "no_face":
         return ["no_face"]
+    reasons = []
+    if face_count > 1:
+        reasons.append("multiple_faces")
     if quality is None or quality < thresholds.review_quality:
-        return ["low_quality"]
-    return []
+        reasons.append("low_quality")
+    if quality is not None and quality < thresholds.not_a_face_quality:
+        reasons.append("likely_not_a_face")
+    return reasons
+
+
+@dataclass(frozen=True)
+class Verdict:
+    decision: str
+    reasons: tuple[str, ...]
+
+    @property
+    def needs_review(self) -> bool:
+        return self.decision != "match"
+
+
+def verify(
+    status: str, quality: float | None, similarity: float | None, enrolled: bool, thresholds: TrustThresholds
+) -> Verdict:
+    """1:1 decision for a check-in against the claimed employee's template."""
+    if status == "error":
+        return Verdict("error", ("error",))
+    if status == "no_face":
+        return Verdict("no_face", ("no_face",))
+    if not enrolled:
+        return Verdict("not_enrolled", ("not_enrolled",))
+    if quality is None or quality < thresholds.review_quality:
+        return Verdict("untrusted", ("low_quality",))
+    if quality >= thresholds.match_quality:
+        if similarity > thresholds.match_similarity:
+            return Verdict("match", ())
+        if similarity < thresholds.mismatch_similarity:
+            return Verdict("mismatch", ("possible_impersonation",))
+    return Verdict("grey_zone", ("grey_zone",))

@@ -16,6 +16,7 @@ from faceq.settings import Settings
 from faceq.storage import Storage, open_storage
 from producer import sources
 from producer.progress import wait_for_job, workers_online
+from producer.report import fetch_report
 from producer.submit import new_job_id, submit
 from faceq.heartbeats import read_heartbeats
 
@@ -27,6 +28,8 @@ def _add_job_options(parser: argparse.ArgumentParser, default_mode: str) -> None
     parser.add_argument("--mode", choices=jobs.MODES, default=default_mode,
                         help=f"detect: find and align faces (YuNet); crop: images are face crops (default {default_mode})")
     parser.add_argument("--chunk-size", type=int, help="items per task (default FACEQ_CHUNK_SIZE or 256)")
+    parser.add_argument("--baseline", metavar="JOB_ID",
+                        help="compare per-source quality with this job (default: the last job of the same kind)")
     _add_wait_options(parser, "--wait")
 
 
@@ -46,7 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_options(audit, default_mode="detect")
     attendance = commands.add_parser("attendance", help="score the check-in photos of an attendance manifest")
     attendance.add_argument("manifest", type=Path, help="CSV: record_id, employee_id, image, device_id, captured_at")
+    attendance.add_argument("--gallery", help="verify each check-in against this enrolled gallery")
+    attendance.add_argument("--top-k", type=int, default=0, help="with --gallery: list the K best 1:N candidates")
     _add_job_options(attendance, default_mode="crop")
+    enroll = commands.add_parser("enroll", help="build a new version of an enrolment gallery")
+    enroll.add_argument("manifest", type=Path, help="CSV: employee_id, image (several images per employee allowed)")
+    enroll.add_argument("--gallery", required=True, help="gallery name")
+    _add_job_options(enroll, default_mode="crop")
+    report = commands.add_parser("report", help="fetch (or regenerate) a job's report.html")
+    report.add_argument("job_id")
+    report.add_argument("--out", type=Path, help="where to write it (default: <job_id>.html)")
+    report.add_argument("--regenerate", action="store_true", help="render it again from the job's results")
     status = commands.add_parser("status", help="progress of a job as JSON (with its summary once done)")
     status.add_argument("job_id")
     commands.add_parser("workers", help="live workers from their heartbeats (device, batch settings, images/s)")
@@ -66,6 +79,17 @@ def _print_summary(summary: dict, storage: Storage) -> None:
     print(f"  results:      {storage.uri(summary['outputs']['results'])}")
     print(f"  review list:  {storage.uri(summary['outputs']['review'])}")
     print(f"  summary:      {storage.uri(jobs.summary_key(summary['job_id']))}")
+    if isinstance(summary.get("gallery"), dict):
+        gallery = summary["gallery"]
+        print(f"  gallery:      {gallery['name']} v{gallery['version']}: {gallery['enrolled']} employees enrolled, "
+              f"{len(gallery['rejected_images'])} images rejected, "
+              f"{len(gallery['employees_without_usable_image'])} employees without a usable image, "
+              f"{len(gallery['likely_duplicates'])} likely duplicate pairs")
+    if "decision" in summary["counts"]:
+        print(f"  decisions:    {json.dumps(summary['counts']['decision'])}")
+    for alert in summary["alerts"]:
+        print(f"  ALERT:        {alert['message']}")
+    print(f"  report:       {storage.uri(summary['outputs']['report'])}")
     if any("-random-" in model_id for model_id in summary["model_ids"]):
         print("  WARNING: produced with seeded RANDOM weights (FACEQ_MODEL_WEIGHTS unset): the embeddings and "
               "quality scores are placeholders, not face recognition.")
@@ -84,22 +108,23 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     storage = open_storage(settings.storage_url, settings.s3_endpoint_url)
     ledger = Ledger.from_url(settings.broker_url)
-    if args.command in ("audit", "attendance"):
+    if args.command in ("audit", "attendance", "enroll"):
         job_id = args.job_id or new_job_id(args.command)
-        if args.command == "audit":
-            if args.source.startswith("s3://"):
-                staged = sources.list_s3_prefix(args.source, settings.s3_endpoint_url)
-            else:
-                found = sources.list_directory(Path(args.source))
-                staged = sources.stage(found, storage, job_id, progress=not args.no_progress)
+        if args.command == "audit" and args.source.startswith("s3://"):
+            staged = sources.list_s3_prefix(args.source, settings.s3_endpoint_url)
             source = args.source
         else:
-            found = sources.read_attendance_manifest(args.manifest)
+            if args.command == "audit":
+                found, source = sources.list_directory(Path(args.source)), args.source
+            else:
+                read = sources.read_attendance_manifest if args.command == "attendance" else \
+                    sources.read_enrolment_manifest
+                found, source = read(args.manifest), str(args.manifest.resolve())
             staged = sources.stage(found, storage, job_id, progress=not args.no_progress)
-            source = str(args.manifest.resolve())
         manifest = submit(
             settings, storage, ledger, kind=args.command, items=staged, source=source, job_id=job_id,
             chunk_size=args.chunk_size, mode=args.mode, all_faces=getattr(args, "all_faces", False),
+            gallery=getattr(args, "gallery", None), top_k=getattr(args, "top_k", 0), baseline_job_id=args.baseline,
         )
         print(f"job {job_id}: {len(manifest.items)} items in {manifest.n_chunks} chunk(s) queued on "
               f"'{settings.queue}'; manifest {storage.uri(jobs.manifest_key(job_id))}")
@@ -108,6 +133,11 @@ def run(args: argparse.Namespace) -> int:
         return _wait(args, settings, storage, ledger, args.job_id)
     if args.command == "workers":
         print(json.dumps(read_heartbeats(ledger.redis), indent=2))
+        return 0
+    if args.command == "report":
+        out = args.out or Path(f"{args.job_id}.html")
+        out.write_bytes(fetch_report(storage, args.job_id, regenerate=args.regenerate))
+        print(f"wrote {out}")
         return 0
     progress = ledger.progress(args.job_id)
     if progress is None:

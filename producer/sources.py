@@ -19,6 +19,7 @@ from faceq.jobs import Item
 from faceq.storage import S3Storage, Storage, split_s3_uri
 
 ATTENDANCE_COLUMNS = ("record_id", "employee_id", "image", "device_id", "captured_at")
+ENROLMENT_COLUMNS = ("employee_id", "image")
 
 
 @dataclass(frozen=True)
@@ -54,15 +55,25 @@ def list_s3_prefix(uri: str, s3_endpoint_url: str | None) -> list[Item]:
 
 
 def read_attendance_manifest(path: Path) -> list[LocalItem | Item]:
-    """Rows ``record_id, employee_id, image, device_id, captured_at``; ``image`` is a path
-    (relative to the manifest) or an ``s3://`` / ``file://`` URI. All columns reach the output."""
+    """Rows ``record_id, employee_id, image, device_id, captured_at``; one item per record."""
+    return read_manifest(path, ATTENDANCE_COLUMNS, lambda row: row["record_id"])
+
+
+def read_enrolment_manifest(path: Path) -> list[LocalItem | Item]:
+    """Rows ``employee_id, image``; an employee may have several images."""
+    return read_manifest(path, ENROLMENT_COLUMNS, lambda row: f"{row['employee_id']}/{row['image']}")
+
+
+def read_manifest(path: Path, required: tuple[str, ...], item_id) -> list[LocalItem | Item]:
+    """A CSV manifest: ``image`` is a path (relative to the manifest) or an ``s3://`` /
+    ``file://`` URI; every other column reaches the output. ``item_id(row)`` names each row."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             header = [c.strip() for c in reader.fieldnames or []]
-            missing = [c for c in ATTENDANCE_COLUMNS if c not in header]
+            missing = [c for c in required if c not in header]
             if missing:
-                raise JobError(f"{path}: missing column(s) {', '.join(missing)}; need {', '.join(ATTENDANCE_COLUMNS)}")
+                raise JobError(f"{path}: missing column(s) {', '.join(missing)}; need {', '.join(required)}")
             rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
     except OSError as exc:
         raise JobError(f"cannot read {path}: {exc}") from exc
@@ -71,9 +82,9 @@ def read_attendance_manifest(path: Path) -> list[LocalItem | Item]:
     seen: set[str] = set()
     items: list[LocalItem | Item] = []
     for line, row in enumerate(rows, start=2):
-        record_id = row["record_id"]
-        if not record_id or record_id in seen:
-            raise JobError(f"{path}:{line}: record_id {record_id!r} is empty or repeated")
+        record_id = item_id(row)
+        if not all(row.get(c) for c in required if c not in ("device_id", "captured_at")) or record_id in seen:
+            raise JobError(f"{path}:{line}: row {record_id!r} has an empty required column or is repeated")
         seen.add(record_id)
         fields = {c: row.get(c, "") for c in header if c != "image"}
         image = row["image"]
@@ -81,7 +92,7 @@ def read_attendance_manifest(path: Path) -> list[LocalItem | Item]:
             items.append(Item(record_id, image, fields))
         else:
             local = (path.parent / image).resolve()
-            items.append(LocalItem(record_id, local, f"{record_id}/{local.name}", fields))
+            items.append(LocalItem(record_id, local, f"{line:06d}/{local.name}", fields))
     return items
 
 

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 
 from faceq import jobs
 from faceq.errors import JobError
+from faceq.gallery import GalleryStore, validate_gallery_name
 from faceq.jobs import Item, JobManifest
 from faceq.ledger import Ledger
 from faceq.settings import Settings
@@ -32,6 +33,9 @@ def submit(
     chunk_size: int | None = None,
     mode: str = "crop",
     all_faces: bool = False,
+    gallery: str | None = None,
+    top_k: int = 0,
+    baseline_job_id: str | None = None,
 ) -> JobManifest:
     """Write the manifest, register the run, and send one ``process_chunk`` task per chunk.
 
@@ -47,6 +51,13 @@ def submit(
         raise JobError(f"unknown mode {mode!r}; available: {', '.join(jobs.MODES)}")
     if all_faces and mode != "detect":
         raise JobError("--all-faces needs detect mode")
+    if kind == "enroll" and not gallery:
+        raise JobError("an enrolment job needs a gallery name")
+    gallery_version = None
+    if kind == "attendance" and gallery:  # fixed now: a later enrolment does not change this job
+        gallery_version = GalleryStore(storage).current_version(gallery)
+    if gallery:
+        validate_gallery_name(gallery)
     if not items:
         raise JobError("a job needs at least one item")
     ids = [i.item_id for i in items]
@@ -63,9 +74,13 @@ def submit(
         items=tuple(items),
         model_weights=settings.model_weights,
         all_faces=all_faces,
+        gallery=gallery,
+        gallery_version=gallery_version,
+        top_k=top_k,
+        baseline_job_id=baseline_job_id,
     )
     removed = storage.delete_prefix(jobs.results_prefix(job_id))
-    for key in (jobs.summary_key(job_id), jobs.review_key(job_id)):
+    for key in (jobs.summary_key(job_id), jobs.review_key(job_id), jobs.report_key(job_id)):
         storage.delete_prefix(key)
     if removed:
         log.info("job %s existed: removed %d result parts of the earlier run", job_id, removed)

@@ -22,14 +22,16 @@ from faceq.errors import BadInputError, ModelError, StorageError
 from faceq.jobs import ChunkSpec, Item, JobManifest
 from faceq.ledger import ChunkRecord, Ledger
 from faceq.results import ItemResult, to_parquet, to_table
-from faceq.settings import Settings
+from faceq.settings import Settings, TrustThresholds
 from faceq.storage import Storage
 from faceq.summary import finalize
-from models.decisions import review_reasons
+from faceq.gallery import GalleryStore
+from models.decisions import review_reasons, verify
 from models.detect import YUNET_HELP, FaceDetector
 from models.preprocess import PreparedImage, crop_face, decode_image, detect_faces
 from workers.batcher import MicroBatcher
 from workers.engine import Engine
+from workers.galleries import GalleryCache
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,8 @@ class ChunkOutcome:
 
 class ChunkProcessor:
     def __init__(self, settings: Settings, storage: Storage, ledger: Ledger, engine: Engine, worker: str,
-                 detector: FaceDetector | None = None, batcher: MicroBatcher | None = None):
+                 detector: FaceDetector | None = None, batcher: MicroBatcher | None = None,
+                 galleries: GalleryCache | None = None):
         self.settings = settings
         self.storage = storage
         self.ledger = ledger
@@ -63,6 +66,7 @@ class ChunkProcessor:
         self.detector = detector
         # with a batcher, this chunk's crops share device batches with other tasks' crops
         self._infer = batcher.infer if batcher is not None else engine.infer
+        self.galleries = galleries or GalleryCache(GalleryStore(storage), engine.device)
         self._io = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="faceq-io")
 
     def close(self) -> None:
@@ -119,10 +123,42 @@ class ChunkProcessor:
                     for k, p in enumerate(faces_of_item[i])
                 ]
             for row in item_rows:
-                row.review_reasons = review_reasons(row.status, row.quality, self.settings.thresholds)
+                row.review_reasons = review_reasons(row.status, row.quality, row.face_count, self.settings.thresholds)
                 row.needs_review = bool(row.review_reasons)
             rows.extend(item_rows)
+        if spec.gallery:
+            self._verify(spec, rows)
         return rows
+
+    def _verify(self, spec: ChunkSpec, rows: list[ItemResult]) -> None:
+        """Attendance: 1:1 decision against the claimed employee, best 1:N candidates."""
+        gallery = self.galleries.get(spec.gallery, spec.gallery_version)
+        if gallery.gallery.model_id != self.engine.model_id:
+            raise ModelError(
+                f"gallery {gallery.gallery.ref} was enrolled with model {gallery.gallery.model_id} but this worker "
+                f"runs {self.engine.model_id}: embeddings of different models cannot be compared; re-enrol the "
+                f"gallery with this model or point the worker at the gallery's weights"
+            )
+        ok = [row for row in rows if row.status == "ok"]
+        matches = gallery.match(np.stack([r.embedding for r in ok]), [r.fields.get("employee_id") for r in ok],
+                                spec.top_k) if ok else None
+        position = {id(row): k for k, row in enumerate(ok)}
+        for row in rows:
+            row.gallery = gallery.gallery.ref
+            k = position.get(id(row))
+            enrolled = row.fields.get("employee_id") in gallery.index
+            if k is not None:
+                similarity = float(matches.claimed_similarity[k])
+                row.similarity = None if np.isnan(similarity) else similarity
+                row.best_candidate_id = matches.top_ids[k][0]
+                row.best_candidate_score = float(matches.top_scores[k][0])
+                if spec.top_k:
+                    row.top_k_ids = matches.top_ids[k]
+                    row.top_k_scores = matches.top_scores[k].tolist()
+            verdict = verify(row.status, row.quality, row.similarity, enrolled, self.settings.thresholds)
+            row.decision = verdict.decision
+            row.review_reasons = list(verdict.reasons)
+            row.needs_review = verdict.needs_review
 
     def process(self, spec: ChunkSpec) -> ChunkOutcome:
         start = time.perf_counter()
@@ -131,7 +167,8 @@ class ChunkProcessor:
             return ChunkOutcome(ChunkRecord.STALE, 0, 0, 0, 0.0)
         rows = self.rows(spec)
         extra = list(spec.items[0].fields) if spec.items else []
-        self.storage.put_bytes(jobs.part_key(spec.job_id, spec.index), to_parquet(to_table(rows, extra)))
+        table = to_table(rows, extra, verification=spec.gallery is not None)
+        self.storage.put_bytes(jobs.part_key(spec.job_id, spec.index), to_parquet(table))
         seconds = time.perf_counter() - start
         n_errors = sum(r.status == "error" for r in rows)
         n_items = len(spec.items)
@@ -154,8 +191,10 @@ class ChunkProcessor:
         return ChunkOutcome(record, n_items, n_errors, n_flagged, seconds)
 
 
-def finalize_job(storage: Storage, ledger: Ledger, job_id: str, run_id: str) -> FinalizeOutcome:
+def finalize_job(storage: Storage, ledger: Ledger, job_id: str, run_id: str,
+                 thresholds: TrustThresholds | None = None) -> FinalizeOutcome:
     """Write summary.json and review.csv exactly once per run, whoever finished last."""
+    thresholds = thresholds or TrustThresholds()
     progress = ledger.progress(job_id)
     if progress is None or progress.run_id != run_id:
         return FinalizeOutcome.STALE
@@ -168,7 +207,8 @@ def finalize_job(storage: Storage, ledger: Ledger, job_id: str, run_id: str) -> 
         if manifest.run_id != run_id:
             ledger.release_finalize(job_id)
             return FinalizeOutcome.STALE
-        summary = finalize(storage, manifest, progress, ledger.chunk_stats(job_id))
+        summary = finalize(storage, manifest, progress, ledger.chunk_stats(job_id), thresholds,
+                           lock=lambda gallery: ledger.redis.lock(f"faceq:gallery-lock:{gallery}", timeout=300))
     except BaseException:
         ledger.release_finalize(job_id)
         raise

@@ -64,7 +64,9 @@ def process_chunk(chunk: dict) -> dict:
     # The last chunk finalizes the job itself (one task fewer per job: it matters for
     # one-image jobs); if another worker holds the finalize lease, a finalize task waits it out.
     if outcome.record is ChunkRecord.COMPLETE:
-        if finalize_job(runtime.storage, runtime.ledger, spec.job_id, spec.run_id) is FinalizeOutcome.BUSY:
+        outcome_of_finalize = finalize_job(runtime.storage, runtime.ledger, spec.job_id, spec.run_id,
+                                           runtime.settings.thresholds)
+        if outcome_of_finalize is FinalizeOutcome.BUSY:
             finalize_job_task.apply_async((spec.job_id, spec.run_id), countdown=15)
     return {"items": outcome.n_items, "errors": outcome.n_errors, "flagged": outcome.n_flagged}
 
@@ -72,7 +74,7 @@ def process_chunk(chunk: dict) -> dict:
 @app.task(name=FINALIZE_JOB, bind=True, autoretry_for=TRANSIENT, retry_backoff=2, max_retries=10)
 def finalize_job_task(self, job_id: str, run_id: str) -> str:
     runtime = get_runtime()
-    outcome = finalize_job(runtime.storage, runtime.ledger, job_id, run_id)
+    outcome = finalize_job(runtime.storage, runtime.ledger, job_id, run_id, runtime.settings.thresholds)
     if outcome is FinalizeOutcome.BUSY:
         raise self.retry(countdown=15, max_retries=40)
     return outcome.value
