@@ -51,9 +51,15 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
+        known = next((name for magic, name in _SIGNATURES if data.startswith(magic)), None)
+        if known:
+            raise BadInputError("truncated", f"starts like a {known} file but its header is cut short or damaged") \
+                from None
         raise BadInputError("not_an_image", "not a recognised image format (JPEG, PNG, WebP, BMP, TIFF, …)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise BadInputError("too_large", "image dimensions exceed Pillow's decompression-bomb limit") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # the header itself is cut short or damaged
+        raise BadInputError(_damage_code(exc), f"image header cannot be read: {exc}") from None
     width, height = image.size
     if width * height > max_pixels:
         raise BadInputError(
@@ -66,11 +72,18 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
         image = ImageOps.exif_transpose(image)
         rgb = _to_rgb(image)
     except OSError as exc:
-        code = "truncated" if "truncated" in str(exc).lower() else "corrupt"
-        raise BadInputError(code, f"{image.format or 'image'} data cannot be decoded: {exc}") from None
+        raise BadInputError(_damage_code(exc), f"{image.format or 'image'} data cannot be decoded: {exc}") from None
     except (SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise BadInputError("corrupt", f"{image.format or 'image'} data cannot be decoded: {exc}") from None
     return np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
+
+
+_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG", "PNG"), (b"RIFF", "WebP"), (b"GIF8", "GIF"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"))
+
+
+def _damage_code(exc: Exception) -> str:
+    return "truncated" if "truncated" in str(exc).lower() else "corrupt"
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

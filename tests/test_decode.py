@@ -112,3 +112,11 @@ def test_pixel_limit_stops_decompression_bombs_before_decoding():
     with pytest.raises(BadInputError, match=r"too_large: 4000×3000 = 12000000 pixels"):
         decode_image(big, max_bytes=1 << 30, max_pixels=10_000_000)
     assert decode_image(big, max_bytes=1 << 30, max_pixels=12_000_000).shape == (3000, 4000, 3)
+
+
+@pytest.mark.parametrize("keep", [20, 300, 1000])
+def test_a_jpeg_cut_anywhere_is_truncated_not_an_internal_error(face_rgb, keep):
+    jpeg = _save(Image.fromarray(face_rgb), "JPEG", quality=95)
+    with pytest.raises(BadInputError) as raised:
+        decode_image(jpeg[:keep], **LIMITS)
+    assert raised.value.code == "truncated"
