@@ -44,7 +44,7 @@ def _counts(title: str, counts: dict) -> str:
     return f"<div><h3>{_e(title)}</h3>" + _table(["", "count"], [[_e(k), v] for k, v in counts.items()]) + "</div>"
 
 
-def histogram_png(histogram: dict) -> str:
+def histogram_png(histogram: dict, review_quality: float, match_quality: float) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,8 +53,8 @@ def histogram_png(histogram: dict) -> str:
     edges, counts = histogram["edges"], histogram["counts"]
     figure, axes = plt.subplots(figsize=(6, 2.6), dpi=100)
     axes.bar(edges[:-1], counts, width=0.095, align="edge", color="#3b7dd8")
-    axes.axvline(0.4, color="#d4380d", linestyle="--", linewidth=1, label="review < 0.4")
-    axes.axvline(0.6, color="#389e0d", linestyle="--", linewidth=1, label="confident ≥ 0.6")
+    axes.axvline(review_quality, color="#d4380d", linestyle="--", linewidth=1, label=f"review < {review_quality}")
+    axes.axvline(match_quality, color="#389e0d", linestyle="--", linewidth=1, label=f"confident ≥ {match_quality}")
     axes.set_xlabel("quality (exp(logvar); ≥ 1 counted in the last bin)")
     axes.set_ylabel("faces")
     axes.legend(fontsize=8, frameon=False)
@@ -84,6 +84,7 @@ def render_report(summary: dict, rows: pa.Table, storage: Storage) -> str:
     from faceq.summary import folded_into_alert, source_of
 
     counts = summary["counts"]
+    thresholds = summary["thresholds"]
     alerted = {a["source"] for a in summary["alerts"]}
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>faceq {_e(summary['job_id'])}</title>"
              f"<style>{_CSS}</style></head><body>",
@@ -104,7 +105,7 @@ def render_report(summary: dict, rows: pa.Table, storage: Storage) -> str:
                  + (f", of which {counts['folded_into_source_alerts']} are explained by the camera alerts above"
                     if counts["folded_into_source_alerts"] else "") + ".</p>")
     parts.append("<h2>Quality</h2><img alt='quality histogram' src='data:image/png;base64,"
-                 f"{histogram_png(summary['quality']['histogram'])}'>")
+                 f"{histogram_png(summary['quality']['histogram'], thresholds['review_quality'], thresholds['match_quality'])}'>")
     parts.append("<h2>Sources</h2>" + _table(
         ["source", "rows", "ok", "flagged", "median quality", "alert"],
         [[_e(s), v["n_rows"], v["n_ok"], v["n_flagged"], _e(v["median_quality"]), "⚠" if s in alerted else ""]

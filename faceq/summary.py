@@ -86,7 +86,7 @@ def drift_alerts(stats: dict[str, dict], baseline: dict | None, thresholds: Trus
             continue
         if median < thresholds.review_quality:
             alerts.append({"source": source, "kind": "low_median_quality", "median_quality": median,
-                           "message": f"{source}: median quality {median:.2f} is below {thresholds.review_quality} "
+                           "message": f"{source}: median quality {median:.3f} is below {thresholds.review_quality} "
                                       f"over {s['n_ok']} photos — check the camera (night/IR mode, focus, lens, "
                                       f"backlight) rather than each photo"})
             continue
@@ -94,7 +94,7 @@ def drift_alerts(stats: dict[str, dict], baseline: dict | None, thresholds: Trus
         if before is not None and before - median >= thresholds.drift_drop:
             alerts.append({"source": source, "kind": "quality_drop", "median_quality": median,
                            "baseline_median_quality": before, "baseline_job": baseline["job_id"],
-                           "message": f"{source}: median quality fell from {before:.2f} to {median:.2f} since job "
+                           "message": f"{source}: median quality fell from {before:.3f} to {median:.3f} since job "
                                       f"{baseline['job_id']} — check the camera"})
     return alerts
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -248,3 +249,20 @@ def test_the_producer_never_imports_torch():
     probe = "import sys, producer.__main__, producer.submit, producer.progress; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_the_report_is_self_contained_and_regenerable(file_stack, samples, tmp_path):
+    root, _ = samples
+    done = file_stack.producer("audit", str(root), "--job-id", "e2e-report", "--mode", "crop", "--wait",
+                               "--no-progress")
+    assert done.returncode == 0, done.stderr
+    fetched = file_stack.producer("report", "e2e-report", "--out", str(tmp_path / "r.html"))
+    assert fetched.returncode == 0, fetched.stderr
+    page = (tmp_path / "r.html").read_text()
+    assert page.startswith("<!doctype html>") and "data:image/png;base64," in page
+    assert "data:image/jpeg;base64," not in page or "<img class='thumb'" in page
+    assert not re.search(r"""(src|href)=['"]?(https?:)?//""", page)  # no external assets
+    assert "broken/truncated.jpg" in page and "Random weights" in page
+    again = file_stack.producer("report", "e2e-report", "--regenerate", "--out", str(tmp_path / "again.html"))
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "again.html").read_text().count("<tr>") == page.count("<tr>")

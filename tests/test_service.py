@@ -185,3 +185,23 @@ def test_chunks_sharing_the_batcher_get_the_same_numbers_as_alone(setup, engine)
         if row.status == "ok":
             np.testing.assert_allclose(row.embedding, alone[row.item_id].embedding, atol=1e-5)
             assert abs(row.quality - alone[row.item_id].quality) <= 1e-5
+
+
+def test_a_gallery_of_another_model_is_refused_with_both_model_ids(tmp_path, redis_server, engine):
+    from faceq.gallery import GalleryStore, build_enrolment
+
+    storage = open_storage((tmp_path / "store").as_uri())
+    vector = np.ones(512, dtype=np.float32) / np.sqrt(512)
+    rows = [{"employee_id": "e1", "item_id": "x", "status": "ok", "error": None, "quality": 0.9,
+             "embedding": vector}]
+    GalleryStore(storage).publish("staff", build_enrolment(rows, 0.6, 0.9, "rts-ir_se_64-sha256:0123"), {})
+    samples = tmp_path / "samples"
+    write_sample_set(samples, n_good=1)
+    item = Item("r1", (samples / "faces/cam0/face-0000.jpg").as_uri(), {"employee_id": "e1"})
+    spec = jobs.ChunkSpec(job_id="j", run_id="r", kind="attendance", index=0, mode="crop", items=(item,),
+                          gallery="staff", gallery_version=1)
+    processor = ChunkProcessor(Settings(), storage, Ledger.from_url(redis_server.url), engine, "w")
+    with pytest.raises(ModelError, match=r"staff@v1 was enrolled with model rts-ir_se_64-sha256:0123 but this "
+                                         r"worker runs rts-ir_se_tiny-random-seed2"):
+        processor.rows(spec)
+    processor.close()
