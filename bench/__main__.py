@@ -5,7 +5,8 @@ ceiling), ``engine_ips`` (uint8 crops in host memory through the engine and micr
 ``e2e_ips`` (a real job through Redis, a worker process and storage, file:// and S3 via
 moto, from 112×112 JPEG crops to Parquet rows), ``per_image_ips`` / ``microbatch_ips``
 (one-image jobs with cross-task batching off / on), a batch-size sweep with p50/p95 batch
-latency, worker CPU utilisation and warm GPU memory; ratios against the ceiling.
+latency, worker CPU utilisation and warm GPU memory; ratios against the ceiling; and 1:N
+identification probes/s against 10,000- and 100,000-identity galleries.
 ``--record`` appends the tables to bench/RESULTS.md.
 """
 
@@ -80,6 +81,12 @@ def as_tables(document: dict) -> str:
         if r.get("warm_memory_bytes"):
             lines.append(f"\nWarm GPU memory: {r['warm_memory_bytes'] / 2**20:.0f} MiB")
         lines.append("")
+    if document.get("one_to_n"):
+        lines += ["**1:N identification** (top-5 of similarity × quality, 256 probes per matrix product):", "",
+                  "| identities | probes | probes/s | gallery load s | loads |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['identities']} | {r['probes']} | {r['probes_per_second']} | {r['gallery_load_seconds']} | "
+                  f"{r['gallery_loads']} |" for r in document["one_to_n"]]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -97,6 +104,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--skip-e2e", action="store_true", help="only the in-process figures")
     parser.add_argument("--no-s3", action="store_true", help="skip the S3 (moto) end-to-end run")
+    parser.add_argument("--one-to-n", default="10000,100000", help="gallery sizes for 1:N ('' to skip)")
+    parser.add_argument("--probes", type=int, default=10000, help="probes per 1:N measurement")
     parser.add_argument("--record", action="store_true", help="append the tables to bench/RESULTS.md")
     args = parser.parse_args()
 
@@ -116,12 +125,16 @@ def main() -> None:
                 moto, s3_endpoint = _start_moto(base_env)
             results = {arch: measure_arch(arch, args, workdir, s3_endpoint, base_env)
                        for arch in (args.arch or ["ir_se_64", "ir_se_tiny"])}
+            from bench.one_to_n import one_to_n
+
+            sizes = [int(n) for n in args.one_to_n.split(",") if n]
+            identification = [one_to_n(args.device, n, args.probes) for n in sizes]
         finally:
             if moto is not None:
                 moto.stop()
             redis_server.stop()
     document = {"benchmark": "faceq", "device": args.device, "precision": args.precision, "results": results,
-                "machine": record.machine(), "commit": record.commit()}
+                "one_to_n": identification, "machine": record.machine(), "commit": record.commit()}
     print(json.dumps(document, indent=2))
     if args.record:
         record.append("Throughput (`python -m bench`)", as_tables(document), document)
