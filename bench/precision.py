@@ -2,7 +2,7 @@
 
 ``python -m bench.precision [--device cpu|cuda:N] [--arch ir_se_64] [--images 64] [--record]``
 
-Same weights (seeded random, BatchNorm statistics randomised so BN is not the identity) and
+Same weights (seeded random, BatchNorm randomised so it is not the identity) and
 the same crops (real portrait, drawn faces, noise) through the engine at each precision;
 reports per-image cosine to fp32 (min, median) and score differences (max abs, max rel).
 """
@@ -23,8 +23,9 @@ from producer.samples import draw_face
 from workers.engine import Engine
 
 
-def randomised_model(arch: str, seed: int = 0) -> torch.nn.Module:
-    model = load_model(None, arch, seed=seed).model
+def randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Seeded random running statistics and affine parameters for every BatchNorm, so BN is
+    not the identity (fresh BN layers are) when outputs are compared."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
@@ -32,10 +33,12 @@ def randomised_model(arch: str, seed: int = 0) -> torch.nn.Module:
                 n = module.num_features
                 module.running_mean.copy_(torch.rand(n, generator=generator) * 0.4 - 0.2)
                 module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.bias.copy_(torch.rand(n, generator=generator) * 0.2 - 0.1)
     return model
 
 
-def test_crops(n: int) -> np.ndarray:
+def sample_crops(n: int) -> np.ndarray:
     rng = np.random.default_rng(0)
     crops = [crop_face(draw_face(rng, int(rng.integers(100, 250)))).faces[0].pixels for _ in range(n - n // 4)]
     crops += [rng.integers(0, 256, (112, 112, 3), dtype=np.uint8) for _ in range(n // 4)]
@@ -43,8 +46,8 @@ def test_crops(n: int) -> np.ndarray:
 
 
 def measure(device: str, arch: str, n_images: int, batch: int) -> dict:
-    crops = test_crops(n_images)
-    model = randomised_model(arch)
+    crops = sample_crops(n_images)
+    model = randomise_batchnorm(load_model(None, arch).model)
     outputs, rows = {}, []
     for precision in ("fp32", "bf16", "fp16"):
         try:

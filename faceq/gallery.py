@@ -23,10 +23,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from faceq.errors import JobError
+from faceq.jobs import validate_name
 from faceq.storage import Storage
 
 EMBEDDING_DIM = 512
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 GALLERY_SCHEMA = pa.schema([
     ("employee_id", pa.string()),
@@ -38,9 +38,7 @@ GALLERY_SCHEMA = pa.schema([
 
 
 def validate_gallery_name(name: str) -> str:
-    if not _NAME.match(name):
-        raise JobError(f"gallery name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
-    return name
+    return validate_name(name, "gallery name", max_length=64)
 
 
 def _prefix(name: str) -> str:

@@ -15,13 +15,18 @@ from faceq.errors import JobError
 
 JOB_KINDS = ("audit", "attendance", "enroll")
 MODES = ("crop", "detect")  # see models/preprocess.py
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,%d}$"
+
+
+def validate_name(value: str, what: str, max_length: int = 128) -> str:
+    """Names that become storage keys: no slashes, no surprises."""
+    if not re.match(_SAFE_NAME % (max_length - 1), value):
+        raise JobError(f"{what} {value!r}: use 1-{max_length} letters, digits, '.', '_' or '-'")
+    return value
 
 
 def validate_job_id(job_id: str) -> str:
-    if not _JOB_ID.match(job_id):
-        raise JobError(f"job id {job_id!r}: use 1-128 letters, digits, '.', '_' or '-'")
-    return job_id
+    return validate_name(job_id, "job id")
 
 
 def manifest_key(job_id: str) -> str:

@@ -91,3 +91,11 @@ def test_a_gallery_is_loaded_once_per_version(tmp_path):
     for _ in range(5):
         assert cache.get("staff", 1) is first
     assert cache.loads == 1
+
+
+@pytest.mark.parametrize("name", ["../etc", "a/b", "", ".hidden", "x" * 65])
+def test_gallery_names_that_could_escape_their_folder_are_refused(name):
+    from faceq.gallery import validate_gallery_name
+
+    with pytest.raises(JobError, match="gallery name"):
+        validate_gallery_name(name)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench.precision import randomise_batchnorm
 from models.align import align_face
 from models.detect import Detection, usable_faces
 from models.preprocess import crop_face, decode_image
@@ -41,17 +42,7 @@ ASTRONAUT_FACE = Detection(
 
 @pytest.fixture(scope="module")
 def state_dict() -> dict[str, torch.Tensor]:
-    model = load_model(None, "ir_se_64", seed=123).model
-    generator = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-                n = module.num_features
-                module.running_mean.copy_(torch.rand(n, generator=generator) * 0.4 - 0.2)
-                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.bias.copy_(torch.rand(n, generator=generator) * 0.2 - 0.1)
-    return model.state_dict()
+    return randomise_batchnorm(load_model(None, "ir_se_64", seed=123).model, seed=7).state_dict()
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import hashlib
 import pytest
 import torch
 
+from bench.precision import randomise_batchnorm
 from faceq.errors import ModelError
 from models.rts import embed_and_score
 from models.weights import load_model
@@ -12,13 +13,8 @@ from models.weights import load_model
 
 @pytest.fixture(scope="module")
 def tiny_state():
-    model = load_model(None, "ir_se_tiny", seed=11).model
-    with torch.no_grad():  # non-trivial BN statistics, so a wrong mapping would show
-        for module in model.modules():
-            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-    return model.state_dict()
+    # non-trivial BatchNorm, so a wrong mapping would show
+    return randomise_batchnorm(load_model(None, "ir_se_tiny", seed=11).model).state_dict()
 
 
 def _outputs(model, seed=0):
