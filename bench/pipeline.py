@@ -60,14 +60,14 @@ def batching_stats(ledger: Ledger, worker: WorkerProcess) -> dict:
 
 
 def run_jobs(ledger: Ledger, storage: Storage, settings: Settings, jobs_items: list[list[Item]], prefix: str,
-             timeout: float) -> tuple[float, list[str]]:
+             timeout: float, report: bool = True) -> tuple[float, list[str]]:
     """Submit every job at once and wait for all; returns (seconds, job ids)."""
     started = time.perf_counter()
     job_ids = []
     for k, items in enumerate(jobs_items):
         job_id = f"{prefix}-{k:05d}"
         submit(settings, storage, ledger, kind="audit", items=items, source="bench", job_id=job_id,
-               chunk_size=settings.chunk_size, mode="crop")
+               chunk_size=settings.chunk_size, mode="crop", report=report)
         job_ids.append(job_id)
 
     def all_done() -> bool:
@@ -112,7 +112,9 @@ def one_image_jobs(base_env: dict[str, str], workdir: Path, arch: str, device: s
     label = "microbatch" if microbatch else "per-image"
     with worker(env, workdir / f"worker-{label}-{arch}.log", device, concurrency) as w:
         cpu_before = cpu_seconds(w.process.pid)
-        seconds, _ = run_jobs(ledger, storage, settings, [[item] for item in items], f"{label}-{arch}", timeout)
+        # image jobs: summary and review list, no HTML report (plotting would cost more than the image)
+        seconds, _ = run_jobs(ledger, storage, settings, [[item] for item in items], f"{label}-{arch}", timeout,
+                              report=False)
         cpu = cpu_seconds(w.process.pid) - cpu_before
         batching = batching_stats(ledger, w) if microbatch else {"device_batches": n_jobs, "mean_batch": 1.0}
     return {"ips": round(n_jobs / seconds, 2), "jobs": n_jobs, "seconds": round(seconds, 3),

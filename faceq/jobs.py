@@ -113,6 +113,7 @@ class JobManifest:
     gallery_version: int | None = None
     top_k: int = 0
     baseline_job_id: str | None = None  # compare per-source quality with this job (default: the last one)
+    report: bool = True  # write report.html (image jobs of one photo skip it: ~0.1 s of plotting each)
 
     @property
     def n_chunks(self) -> int:

@@ -225,7 +225,9 @@ def finalize(storage: Storage, manifest: JobManifest, progress: JobProgress, chu
         summary["gallery"] = publish_enrolment(storage, manifest, thresholds, lock)
     alerted = {a["source"] for a in summary["alerts"]}
     storage.put_bytes(jobs.review_key(manifest.job_id), review_csv(rows, extra_columns(manifest), alerted), "text/csv")
-    storage.put_bytes(jobs.report_key(manifest.job_id), render_report(summary, rows, storage).encode(), "text/html")
+    if manifest.report:
+        storage.put_bytes(jobs.report_key(manifest.job_id), render_report(summary, rows, storage).encode(),
+                          "text/html")
     storage.put_bytes(jobs.summary_key(manifest.job_id), json.dumps(summary, indent=2).encode(), "application/json")
     storage.put_bytes(jobs.latest_job_key(manifest.kind), json.dumps({"job_id": manifest.job_id}).encode(),
                       "application/json")

@@ -1,4 +1,4 @@
-"""``python -m producer``: submit audit and attendance jobs, follow them, read their summary."""
+"""``python -m producer``: submit audit, attendance and enrolment jobs, follow them, read their results."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from faceq import jobs
 from faceq.errors import FaceqError
+from faceq.heartbeats import read_heartbeats
 from faceq.ledger import Ledger
 from faceq.settings import Settings
 from faceq.storage import Storage, open_storage
@@ -18,7 +19,6 @@ from producer import sources
 from producer.progress import wait_for_job, workers_online
 from producer.report import fetch_report
 from producer.submit import new_job_id, submit
-from faceq.heartbeats import read_heartbeats
 
 log = logging.getLogger("producer")
 
@@ -28,6 +28,7 @@ def _add_job_options(parser: argparse.ArgumentParser, default_mode: str) -> None
     parser.add_argument("--mode", choices=jobs.MODES, default=default_mode,
                         help=f"detect: find and align faces (YuNet); crop: images are face crops (default {default_mode})")
     parser.add_argument("--chunk-size", type=int, help="items per task (default FACEQ_CHUNK_SIZE or 256)")
+    parser.add_argument("--no-report", action="store_true", help="skip report.html (summary and review.csv stay)")
     parser.add_argument("--baseline", metavar="JOB_ID",
                         help="compare per-source quality with this job (default: the last job of the same kind)")
     _add_wait_options(parser, "--wait")
@@ -89,7 +90,8 @@ def _print_summary(summary: dict, storage: Storage) -> None:
         print(f"  decisions:    {json.dumps(summary['counts']['decision'])}")
     for alert in summary["alerts"]:
         print(f"  ALERT:        {alert['message']}")
-    print(f"  report:       {storage.uri(summary['outputs']['report'])}")
+    if storage.exists(summary["outputs"]["report"]):
+        print(f"  report:       {storage.uri(summary['outputs']['report'])}")
     if any("-random-" in model_id for model_id in summary["model_ids"]):
         print("  WARNING: produced with seeded RANDOM weights (FACEQ_MODEL_WEIGHTS unset): the embeddings and "
               "quality scores are placeholders, not face recognition.")
@@ -125,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
             settings, storage, ledger, kind=args.command, items=staged, source=source, job_id=job_id,
             chunk_size=args.chunk_size, mode=args.mode, all_faces=getattr(args, "all_faces", False),
             gallery=getattr(args, "gallery", None), top_k=getattr(args, "top_k", 0), baseline_job_id=args.baseline,
+            report=not args.no_report,
         )
         print(f"job {job_id}: {len(manifest.items)} items in {manifest.n_chunks} chunk(s) queued on "
               f"'{settings.queue}'; manifest {storage.uri(jobs.manifest_key(job_id))}")

@@ -36,6 +36,7 @@ def submit(
     gallery: str | None = None,
     top_k: int = 0,
     baseline_job_id: str | None = None,
+    report: bool = True,
 ) -> JobManifest:
     """Write the manifest, register the run, and send one ``process_chunk`` task per chunk.
 
@@ -78,6 +79,7 @@ def submit(
         gallery_version=gallery_version,
         top_k=top_k,
         baseline_job_id=baseline_job_id,
+        report=report,
     )
     removed = storage.delete_prefix(jobs.results_prefix(job_id))
     for key in (jobs.summary_key(job_id), jobs.review_key(job_id), jobs.report_key(job_id)):

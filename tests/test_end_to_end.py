@@ -169,7 +169,7 @@ def test_attendance_manifest_carries_its_columns_into_the_output(file_stack, sam
 def test_status_and_wait_commands(file_stack, samples):
     root, _ = samples
     submitted = file_stack.producer("audit", str(root / "broken"), "--job-id", "e2e-status", "--mode", "crop",
-                                    "--no-progress")
+                                    "--no-report", "--no-progress")
     assert submitted.returncode == 0, submitted.stderr
     waited = file_stack.producer("wait", "e2e-status", "--no-progress", "--timeout", "120")
     assert waited.returncode == 0, waited.stderr
@@ -178,6 +178,8 @@ def test_status_and_wait_commands(file_stack, samples):
     assert status.returncode == 0
     report = json.loads(status.stdout)
     assert report["state"] == "done" and report["items_done"] == 6 and report["summary"]["n_rows"] == 6
+    assert file_stack.storage.exists(jobs.review_key("e2e-status"))
+    assert not file_stack.storage.exists(jobs.report_key("e2e-status"))  # --no-report
     unknown = file_stack.producer("status", "no-such-job")
     assert unknown.returncode == 2 and "no job 'no-such-job'" in unknown.stderr
 

@@ -12,6 +12,7 @@ import socket
 import threading
 from dataclasses import dataclass
 
+from faceq import report
 from faceq.errors import ModelError
 from faceq.ledger import Ledger
 from faceq.settings import Settings
@@ -54,6 +55,7 @@ def build_runtime(settings: Settings, worker_name: str | None = None) -> Runtime
     name = worker_name or f"faceq-{settings.device.replace(':', '')}@{socket.gethostname()}"
     batcher = MicroBatcher(engine.infer, settings.max_batch, settings.max_delay_ms) if settings.microbatch else None
     processor = ChunkProcessor(settings, storage, ledger, engine, name, detector, batcher)
+    report.warm_up()
     heartbeat = Heartbeat(ledger.redis, name, settings, engine, batcher).start()
     log.info("faceq worker ready: device=%s modes=%s micro-batching=%s storage=%s model_id=%s", engine.device,
              ",".join(settings.modes), "on" if batcher else "off", storage.url, engine.model_id)
