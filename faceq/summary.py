@@ -195,9 +195,9 @@ def load_baseline(storage: Storage, manifest: JobManifest) -> dict | None:
     return json.loads(storage.get_bytes(jobs.summary_key(job_id)))
 
 
-def publish_enrolment(storage: Storage, manifest: JobManifest, thresholds: TrustThresholds,
+def publish_enrolment(storage: Storage, manifest: JobManifest, table: pa.Table, thresholds: TrustThresholds,
                       lock: Callable[[str], AbstractContextManager]) -> dict:
-    rows = read_rows(storage, manifest, embeddings=True).to_pylist()
+    rows = table.to_pylist()
     model_ids = sorted({r["model_id"] for r in rows})
     enrolment = build_enrolment(rows, thresholds.enrol_quality, thresholds.duplicate_similarity, model_ids[0])
     report = {
@@ -219,10 +219,11 @@ def finalize(storage: Storage, manifest: JobManifest, progress: JobProgress, chu
     """Write review.csv, report.html, then summary.json (last: its presence means complete)."""
     from faceq.report import render_report
 
-    rows = read_rows(storage, manifest)
+    enrolling = manifest.kind == "enroll"
+    rows = read_rows(storage, manifest, embeddings=enrolling)  # once; embeddings only to build templates
     summary = build_summary(manifest, rows, progress, chunk_stats, thresholds, load_baseline(storage, manifest))
-    if manifest.kind == "enroll":
-        summary["gallery"] = publish_enrolment(storage, manifest, thresholds, lock)
+    if enrolling:
+        summary["gallery"] = publish_enrolment(storage, manifest, rows, thresholds, lock)
     alerted = {a["source"] for a in summary["alerts"]}
     storage.put_bytes(jobs.review_key(manifest.job_id), review_csv(rows, extra_columns(manifest), alerted), "text/csv")
     if manifest.report:
