@@ -19,6 +19,7 @@ from faceq.jobs import Item
 from faceq.storage import S3Storage, Storage, split_s3_uri
 
 ATTENDANCE_COLUMNS = ("record_id", "employee_id", "image", "device_id", "captured_at")
+IDENTIFYING_COLUMNS = ("record_id", "employee_id", "image")  # must not be empty; the others may be
 ENROLMENT_COLUMNS = ("employee_id", "image")
 
 
@@ -83,7 +84,7 @@ def read_manifest(path: Path, required: tuple[str, ...], item_id) -> list[LocalI
     items: list[LocalItem | Item] = []
     for line, row in enumerate(rows, start=2):
         record_id = item_id(row)
-        if not all(row.get(c) for c in required if c not in ("device_id", "captured_at")) or record_id in seen:
+        if not all(row.get(c) for c in required if c in IDENTIFYING_COLUMNS) or record_id in seen:
             raise JobError(f"{path}:{line}: row {record_id!r} has an empty required column or is repeated")
         seen.add(record_id)
         fields = {c: row.get(c, "") for c in header if c != "image"}

@@ -43,9 +43,8 @@ def test_common_formats_decode_to_bgr(ext):
     image = draw_face(np.random.default_rng(2), 120)
     decoded = decode_image(encode(image, ext), **LIMITS)
     assert decoded.shape == image.shape and decoded.dtype == np.uint8
-    tolerance = 40 if ext in (".jpg", ".webp") else 0  # lossy formats
+    tolerance = 10 if ext in (".jpg", ".webp") else 0  # lossy formats; a channel swap is far above 10
     assert np.abs(decoded.astype(int) - image.astype(int)).mean() <= tolerance
-    assert np.abs(decoded.astype(int) - image.astype(int)).mean() < 10  # channel order preserved
 
 
 def test_greyscale_decodes_to_three_channels():

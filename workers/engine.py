@@ -91,11 +91,12 @@ class Engine:
         on_cuda = self.device.type == "cuda"
         self.buckets = batch_buckets(max_batch) if on_cuda else None  # CPU: no padding, no autotune
         self._host = torch.empty(shape, dtype=torch.uint8, pin_memory=on_cuda)
-        self._device_input = torch.empty(shape, dtype=torch.uint8, device=self.device)
+        # on the CPU the host buffer is the model's input: no second copy
+        self._device_input = torch.empty(shape, dtype=torch.uint8, device=self.device) if on_cuda else self._host
         self.info = self._warm_up()
 
     def _warm_up(self) -> EngineInfo:
-        """One forward per batch size we expect (1 and max), before any task is taken."""
+        """One forward per batch bucket (CUDA) or for 1 and the largest batch (CPU), before any task."""
         start = time.perf_counter()
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -155,7 +156,8 @@ class Engine:
             host = self._host[:n]
             host.copy_(torch.from_numpy(crops))
             device_input = self._device_input[: self._bucket(n)]  # padding rows are ignored
-            device_input[:n].copy_(host, non_blocking=True)
+            if device_input.data_ptr() != host.data_ptr():
+                device_input[:n].copy_(host, non_blocking=True)
             x = normalize_batch(device_input, self.dtype).contiguous(memory_format=torch.channels_last)
             embedding, score = embed_and_score(self.model, x)
             return embedding[:n].cpu().numpy(), score[:n].cpu().numpy()
