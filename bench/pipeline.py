@@ -20,7 +20,7 @@ from faceq.ledger import Ledger
 from faceq.settings import Settings
 from faceq.storage import Storage, open_storage
 from producer.samples import draw_face, encode
-from producer.submit import submit
+from producer.submit import JobOptions, submit
 
 
 def cpu_seconds(pid: int) -> float:
@@ -66,8 +66,8 @@ def run_jobs(ledger: Ledger, storage: Storage, settings: Settings, jobs_items: l
     job_ids = []
     for k, items in enumerate(jobs_items):
         job_id = f"{prefix}-{k:05d}"
-        submit(settings, storage, ledger, kind="audit", items=items, source="bench", job_id=job_id,
-               chunk_size=settings.chunk_size, mode="crop", report=report)
+        submit(settings, storage, ledger, items=items, source="bench", job_id=job_id,
+               options=JobOptions("audit", mode="crop", chunk_size=settings.chunk_size, report=report))
         job_ids.append(job_id)
 
     def all_done() -> bool:

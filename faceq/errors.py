@@ -10,7 +10,10 @@ class ConfigError(FaceqError):
 
 
 class StorageError(FaceqError):
-    """An object could not be read from or written to storage."""
+    """An object could not be read from or written to storage. ``transient``: the store was
+    unreachable or overloaded (worth retrying later), not a missing or forbidden object."""
+
+    transient = False
 
 
 class ModelError(FaceqError):

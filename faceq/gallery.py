@@ -72,39 +72,55 @@ class Enrolment:
     duplicates: list[dict]
 
 
+class EnrolmentBuilder:
+    """Templates accumulated part by part: per employee, the quality-weighted sum of the usable
+    embeddings (512 floats), never the rows themselves."""
+
+    def __init__(self, enrol_quality: float):
+        self.enrol_quality = enrol_quality
+        self.rejected: list[dict] = []
+        self._sums: dict[str, np.ndarray] = {}
+        self._weights: dict[str, list[float]] = {}
+
+    def add(self, rows: list[dict]) -> None:
+        """``rows``: enrolment results (employee_id, item_id, status, error, quality, embedding)."""
+        for row in rows:
+            employee = row["employee_id"]
+            self._weights.setdefault(employee, [])
+            if row["status"] != "ok":
+                reason = row["error"] if row["status"] == "error" else row["status"]
+                self.rejected.append({"employee_id": employee, "item_id": row["item_id"], "reason": reason})
+            elif row["quality"] < self.enrol_quality:
+                self.rejected.append({"employee_id": employee, "item_id": row["item_id"],
+                                      "reason": f"low_quality: {row['quality']:.3f} < {self.enrol_quality}"})
+            else:
+                vector = row["quality"] * np.asarray(row["embedding"], dtype=np.float64)
+                self._sums[employee] = self._sums.get(employee, 0.0) + vector
+                self._weights[employee].append(row["quality"])
+
+    def build(self, duplicate_similarity: float, model_id: str) -> "Enrolment":
+        employees, templates, counts, qualities = [], [], [], []
+        for employee in sorted(self._sums):
+            template = self._sums[employee]
+            employees.append(employee)
+            templates.append((template / np.linalg.norm(template)).astype(np.float32))
+            counts.append(len(self._weights[employee]))
+            qualities.append(float(np.mean(self._weights[employee])))
+        table = pa.table(
+            {"employee_id": employees, "template": templates, "n_images": counts, "mean_quality": qualities,
+             "model_id": [model_id] * len(employees)},
+            schema=GALLERY_SCHEMA,
+        )
+        without = sorted(e for e, weights in self._weights.items() if not weights)
+        matrix = np.stack(templates) if templates else np.zeros((0, EMBEDDING_DIM), np.float32)
+        return Enrolment(table, self.rejected, without, likely_duplicates(employees, matrix, duplicate_similarity))
+
+
 def build_enrolment(rows: list[dict], enrol_quality: float, duplicate_similarity: float, model_id: str) -> Enrolment:
-    """``rows``: enrolment results (employee_id, item_id, status, error, quality, embedding)."""
-    by_employee: dict[str, list[dict]] = {}
-    rejected = []
-    for row in rows:
-        by_employee.setdefault(row["employee_id"], [])
-        if row["status"] != "ok":
-            reason = row["error"] if row["status"] == "error" else row["status"]
-            rejected.append({"employee_id": row["employee_id"], "item_id": row["item_id"], "reason": reason})
-        elif row["quality"] < enrol_quality:
-            rejected.append({"employee_id": row["employee_id"], "item_id": row["item_id"],
-                             "reason": f"low_quality: {row['quality']:.3f} < {enrol_quality}"})
-        else:
-            by_employee[row["employee_id"]].append(row)
-    employees, templates, counts, qualities = [], [], [], []
-    for employee, usable in sorted(by_employee.items()):
-        if not usable:
-            continue
-        weights = np.array([r["quality"] for r in usable], dtype=np.float64)
-        vectors = np.array([r["embedding"] for r in usable], dtype=np.float64)
-        template = (weights[:, None] * vectors).sum(axis=0)
-        employees.append(employee)
-        templates.append((template / np.linalg.norm(template)).astype(np.float32))
-        counts.append(len(usable))
-        qualities.append(float(weights.mean()))
-    table = pa.table(
-        {"employee_id": employees, "template": templates, "n_images": counts, "mean_quality": qualities,
-         "model_id": [model_id] * len(employees)},
-        schema=GALLERY_SCHEMA,
-    )
-    without = sorted(e for e, usable in by_employee.items() if not usable)
-    matrix = np.stack(templates) if templates else np.zeros((0, EMBEDDING_DIM), np.float32)
-    return Enrolment(table, rejected, without, likely_duplicates(employees, matrix, duplicate_similarity))
+    """Templates from enrolment rows held in memory (see ``EnrolmentBuilder``)."""
+    builder = EnrolmentBuilder(enrol_quality)
+    builder.add(rows)
+    return builder.build(duplicate_similarity, model_id)
 
 
 def likely_duplicates(employees: list[str], templates: np.ndarray, threshold: float, limit: int = 100) -> list[dict]:

@@ -1,35 +1,57 @@
-"""Job bookkeeping in Redis: which chunks are done, progress, failures, and one finalizer.
+"""Job bookkeeping in Redis: a fast index of progress that can always be rebuilt from storage.
 
-Keys (all under ``faceq:job:<id>``):
-  ``…``            hash: run_id, kind, n_chunks, n_items, created_at, state, finished_at
+Keys (all under ``faceq:job:<id>``, expiring ``retention_seconds`` after the last write):
+  ``…``            hash: run_id, kind, n_chunks, n_items, created_at, state, finished_at and
+                   counters items_done, rows, errors, flagged (each chunk counted once)
   ``…:chunks``     hash: chunk index → JSON stats of the finished chunk (idempotent on redelivery)
-  ``…:failed``     hash: chunk index → error message of a chunk that gave up
-  ``…:finalize``   lease held by the one worker that writes summary.json and review.csv
+  ``…:failed``     hash: chunk index → why a chunk gave up (or ``finalize`` → why finalize did)
+  ``…:deliveries`` hash: chunk index → how often a worker started it (poison-chunk guard)
+  ``…:finalize``   lease of the one worker writing the summary (renewed while it works)
 
 A re-run of the same job id gets a new ``run_id``; messages of an older run are recognised
-as stale and dropped, so they cannot add rows to the new run.
+as stale and dropped. Nothing here is the only copy: parts and headers are in storage, and
+``restore`` rebuilds a lost job's keys from them (``producer resume``).
 """
 
 from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass
 from enum import Enum
 
 import redis
 
+DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
+_SUFFIXES = ("", ":chunks", ":failed", ":deliveries", ":finalize")
+
+# KEYS: meta, chunks, failed  ARGV: run_id, index, stats json, n_items, n_rows, n_errors, n_flagged, ttl
 _RECORD_CHUNK = """
 if redis.call('HGET', KEYS[1], 'run_id') ~= ARGV[1] then return -1 end
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'items_done', ARGV[4])
+  redis.call('HINCRBY', KEYS[1], 'rows', ARGV[5])
+  redis.call('HINCRBY', KEYS[1], 'errors', ARGV[6])
+  redis.call('HINCRBY', KEYS[1], 'flagged', ARGV[7])
+end
 redis.call('HDEL', KEYS[3], ARGV[2])
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[8]) end
 if redis.call('HLEN', KEYS[2]) >= tonumber(redis.call('HGET', KEYS[1], 'n_chunks')) then return 1 end
+return 0
+"""
+_RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
 
 class ChunkRecord(Enum):
-    STALE = -1  # the chunk belongs to an older run of this job id
+    STALE = -1  # the chunk belongs to an older run of this job id (or to a job Redis forgot)
     PENDING = 0  # other chunks are still outstanding
     COMPLETE = 1  # every chunk of the run is done
 
@@ -39,12 +61,14 @@ class JobProgress:
     job_id: str
     run_id: str
     kind: str
-    state: str
+    state: str  # running | done | failed
     n_chunks: int
     n_items: int
     chunks_done: int
     items_done: int
-    failed: dict[int, str]
+    errors: int
+    flagged: int
+    failed: dict[str, str]  # chunk index (or "finalize") → reason
     created_at: float
     finished_at: float | None
 
@@ -56,60 +80,108 @@ class JobProgress:
     def chunks_pending(self) -> int:
         return self.n_chunks - self.chunks_done
 
+    @property
+    def cannot_complete(self) -> bool:
+        """Every chunk finished or gave up, and some gave up (or finalize did)."""
+        return bool(self.failed) and (self.chunks_done + len(self.failed) >= self.n_chunks
+                                      or "finalize" in self.failed)
+
+
+class Lease:
+    """A Redis key held by one owner (a random token) that expires unless renewed."""
+
+    def __init__(self, ledger: "Ledger", key: str, token: str, seconds: int):
+        self.ledger, self.key, self.token, self.seconds = ledger, key, token, seconds
+
+    def renew(self) -> bool:
+        return bool(self.ledger._renew_lease(keys=[self.key], args=[self.token, self.seconds]))
+
+    def release(self) -> None:
+        self.ledger._release_lease(keys=[self.key], args=[self.token])
+
 
 class Ledger:
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: redis.Redis, retention_seconds: int = DEFAULT_RETENTION_SECONDS):
         self.redis = client
+        self.retention_seconds = retention_seconds
         self._record_chunk = client.register_script(_RECORD_CHUNK)
+        self._renew_lease = client.register_script(_RENEW_LEASE)
+        self._release_lease = client.register_script(_RELEASE_LEASE)
 
     @classmethod
-    def from_url(cls, url: str) -> "Ledger":
-        return cls(redis.Redis.from_url(url, decode_responses=True))
+    def from_url(cls, url: str, retention_seconds: int = DEFAULT_RETENTION_SECONDS) -> "Ledger":
+        # bounded socket timeouts: a hung broker becomes an error that callers retry, not a hang
+        client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30,
+                                      health_check_interval=30)
+        return cls(client, retention_seconds)
 
     @staticmethod
     def _key(job_id: str, suffix: str = "") -> str:
         return f"faceq:job:{job_id}{suffix}"
 
-    def start(self, job_id: str, run_id: str, kind: str, n_chunks: int, n_items: int) -> None:
+    def start(self, job_id: str, run_id: str, kind: str, n_chunks: int, n_items: int,
+              created_at: float | None = None) -> None:
         """Register a (re-)run of ``job_id``; forgets any earlier run's progress."""
         pipe = self.redis.pipeline(transaction=True)
-        for suffix in ("", ":chunks", ":failed", ":finalize"):
+        for suffix in _SUFFIXES:
             pipe.delete(self._key(job_id, suffix))
-        pipe.hset(
-            self._key(job_id),
-            mapping={
-                "run_id": run_id,
-                "kind": kind,
-                "n_chunks": n_chunks,
-                "n_items": n_items,
-                "created_at": time.time(),
-                "state": "running",
-            },
-        )
+        pipe.hset(self._key(job_id), mapping={
+            "run_id": run_id, "kind": kind, "n_chunks": n_chunks, "n_items": n_items,
+            "created_at": created_at or time.time(), "state": "running",
+            "items_done": 0, "rows": 0, "errors": 0, "flagged": 0,
+        })
+        pipe.expire(self._key(job_id), self.retention_seconds)
         pipe.execute()
 
     def record_chunk(self, job_id: str, run_id: str, index: int, stats: dict) -> ChunkRecord:
         keys = [self._key(job_id), self._key(job_id, ":chunks"), self._key(job_id, ":failed")]
-        result = self._record_chunk(keys=keys, args=[run_id, index, json.dumps(stats)])
-        return ChunkRecord(int(result))
+        args = [run_id, index, json.dumps(stats), stats["n_items"], stats.get("n_rows", 0), stats.get("n_errors", 0),
+                stats.get("n_flagged", 0), self.retention_seconds]
+        return ChunkRecord(int(self._record_chunk(keys=keys, args=args)))
 
-    def record_failure(self, job_id: str, run_id: str, index: int, message: str) -> None:
-        if self.redis.hget(self._key(job_id), "run_id") == run_id:
-            self.redis.hset(self._key(job_id, ":failed"), index, message)
+    def chunk_done(self, job_id: str, index: int) -> bool:
+        return bool(self.redis.hexists(self._key(job_id, ":chunks"), index))
+
+    def count_delivery(self, job_id: str, index: int) -> int:
+        """How many times a worker has started this chunk, this one included."""
+        key = self._key(job_id, ":deliveries")
+        pipe = self.redis.pipeline()
+        pipe.hincrby(key, index, 1)
+        pipe.expire(key, self.retention_seconds)
+        return int(pipe.execute()[0])
+
+    def record_failure(self, job_id: str, run_id: str, index: int | str, message: str) -> None:
+        if self.is_current(job_id, run_id):
+            pipe = self.redis.pipeline()
+            pipe.hset(self._key(job_id, ":failed"), index, message)
+            pipe.expire(self._key(job_id, ":failed"), self.retention_seconds)
+            pipe.execute()
+
+    def run_id(self, job_id: str) -> str | None:
+        return self.redis.hget(self._key(job_id), "run_id")
 
     def is_current(self, job_id: str, run_id: str) -> bool:
-        return self.redis.hget(self._key(job_id), "run_id") == run_id
+        return self.run_id(job_id) == run_id
 
-    def claim_finalize(self, job_id: str, run_id: str, lease_seconds: int) -> bool:
-        """True for exactly one caller per lease: that caller writes the job's summary."""
-        return bool(self.redis.set(self._key(job_id, ":finalize"), run_id, nx=True, ex=lease_seconds))
-
-    def release_finalize(self, job_id: str) -> None:
-        self.redis.delete(self._key(job_id, ":finalize"))
+    def claim_finalize(self, job_id: str, run_id: str, lease_seconds: int) -> Lease | None:
+        """A lease for exactly one caller at a time: that caller writes the job's summary. It
+        expires ``lease_seconds`` after its holder stops renewing it (a dead worker)."""
+        key = self._key(job_id, ":finalize")
+        token = f"{run_id}:{uuid.uuid4().hex}"
+        if self.redis.set(key, token, nx=True, ex=lease_seconds):
+            return Lease(self, key, token, lease_seconds)
+        return None
 
     def mark_done(self, job_id: str, run_id: str) -> None:
         if self.is_current(job_id, run_id):
             self.redis.hset(self._key(job_id), mapping={"state": "done", "finished_at": time.time()})
+
+    def restore(self, job_id: str, run_id: str, kind: str, n_chunks: int, n_items: int, created_at: float,
+                done: dict[int, int]) -> None:
+        """Rebuild a job's keys from storage: ``done`` maps chunks that have parts to their item counts."""
+        self.start(job_id, run_id, kind, n_chunks, n_items, created_at)
+        for index, n in done.items():
+            self.record_chunk(job_id, run_id, index, {"n_items": n, "restored": True})
 
     def chunk_stats(self, job_id: str) -> dict[int, dict]:
         raw = self.redis.hgetall(self._key(job_id, ":chunks"))
@@ -118,9 +190,9 @@ class Ledger:
     def progress(self, job_id: str) -> JobProgress | None:
         pipe = self.redis.pipeline(transaction=True)
         pipe.hgetall(self._key(job_id))
-        pipe.hvals(self._key(job_id, ":chunks"))
+        pipe.hlen(self._key(job_id, ":chunks"))
         pipe.hgetall(self._key(job_id, ":failed"))
-        meta, chunk_values, failed = pipe.execute()
+        meta, chunks_done, failed = pipe.execute()
         if not meta:
             return None
         return JobProgress(
@@ -130,9 +202,11 @@ class Ledger:
             state=meta["state"],
             n_chunks=int(meta["n_chunks"]),
             n_items=int(meta["n_items"]),
-            chunks_done=len(chunk_values),
-            items_done=sum(json.loads(v)["n_items"] for v in chunk_values),
-            failed={int(k): v for k, v in failed.items()},
+            chunks_done=int(chunks_done),
+            items_done=int(meta.get("items_done", 0)),
+            errors=int(meta.get("errors", 0)),
+            flagged=int(meta.get("flagged", 0)),
+            failed=dict(failed),
             created_at=float(meta["created_at"]),
             finished_at=float(meta["finished_at"]) if meta.get("finished_at") else None,
         )

@@ -11,11 +11,8 @@ import base64
 import html
 import io
 
-import pyarrow as pa
-
 from faceq.storage import Storage
 
-REVIEW_LIMIT = 60
 THUMBNAIL_PX = 96
 
 _CSS = """
@@ -85,8 +82,10 @@ def thumbnail(storage: Storage, uri: str) -> str | None:
         return None
 
 
-def render_report(summary: dict, rows: pa.Table, storage: Storage) -> str:
-    from faceq.summary import folded_into_alert, source_of
+def render_report(summary: dict, flagged: list[dict], storage: Storage, verification: bool) -> str:
+    """The page for ``summary``; ``flagged``: the first flagged rows that no camera alert explains
+    (the page stays small whatever the job size; review.csv lists every flagged row)."""
+    from faceq.summary import source_of
 
     counts = summary["counts"]
     thresholds = summary["thresholds"]
@@ -128,12 +127,11 @@ def render_report(summary: dict, rows: pa.Table, storage: Storage) -> str:
         if gallery["likely_duplicates"]:
             parts.append("<h3>Likely duplicate identities</h3>" + _table(["employee", "employee", "similarity"], [
                 [_e(d["employee_a"]), _e(d["employee_b"]), d["similarity"]] for d in gallery["likely_duplicates"]]))
-    flagged = [r for r in rows.filter(rows.column("needs_review")).to_pylist() if not folded_into_alert(r, alerted)]
-    verification = "decision" in rows.column_names
+    n_listed = counts["needs_review"] - counts["folded_into_source_alerts"]
     header = ["photo", "item", "status", "quality", "reasons", "source"] + \
         (["decision", "similarity", "looks most like"] if verification else []) + ["error"]
     table_rows = []
-    for row in flagged[:REVIEW_LIMIT]:
+    for row in flagged:
         thumb = thumbnail(storage, row["source_uri"]) if row["status"] != "error" else None
         image = f"<img class='thumb' src='data:image/jpeg;base64,{thumb}'>" if thumb else "<span class='muted'>—</span>"
         quality = "" if row["quality"] is None else f"{row['quality']:.3f}"
@@ -143,7 +141,7 @@ def render_report(summary: dict, rows: pa.Table, storage: Storage) -> str:
             similarity = "" if row["similarity"] is None else f"{row['similarity']:.3f}"
             cells += [_e(row["decision"]), similarity, _e(row["best_candidate_id"])]
         table_rows.append(cells + [_e(row["error"])])
-    parts.append(f"<h2>Review queue</h2><p class='muted'>First {min(len(flagged), REVIEW_LIMIT)} of {len(flagged)} "
+    parts.append(f"<h2>Review queue</h2><p class='muted'>First {len(flagged)} of {n_listed} "
                  "flagged items (all of them are in review.csv).</p>" + _table(header, table_rows))
     parts.append("</body></html>")
     return "".join(parts)

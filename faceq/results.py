@@ -1,13 +1,17 @@
 """The output contract: one row per input item, one Parquet object per chunk.
 
-Columns (see README "Output contract"): item_id, source_uri, status, error, embedding,
-quality, needs_review, review_reasons, face_count, bbox, landmarks, model_id, processed_at,
-followed by the job's manifest columns (attendance: record_id, employee_id, …) as strings.
+Columns (see README "Output contract"): job_id, item_id, source_uri, status, error, embedding,
+quality, needs_review, review_reasons, face_count, face_index, bbox, landmarks, model_id,
+processed_at, the verification columns (null unless attendance against a gallery), then the
+job's manifest columns (attendance: record_id, employee_id, …) as strings. The chunk's
+statistics (items, rows, seconds, worker) travel in the part's Parquet metadata, so a job's
+summary can be rebuilt from storage alone.
 """
 
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -18,8 +22,11 @@ import pyarrow.parquet as pq
 EMBEDDING_DIM = 512
 STATUSES = ("ok", "no_face", "error")
 
+CHUNK_STATS_KEY = b"faceq.chunk_stats"
+
 BASE_SCHEMA = pa.schema(
     [
+        ("job_id", pa.string()),
         ("item_id", pa.string()),
         ("source_uri", pa.string()),
         ("status", pa.string()),
@@ -78,10 +85,11 @@ VERIFICATION_SCHEMA = pa.schema(
 )
 
 
-def to_table(rows: list[ItemResult], extra_columns: list[str], verification: bool = False) -> pa.Table:
-    """Rows → an Arrow table with the contract schema, the verification columns (attendance
-    against a gallery) and string ``extra_columns``."""
+def to_table(rows: list[ItemResult], extra_columns: list[str] | tuple[str, ...], job_id: str = "") -> pa.Table:
+    """Rows → an Arrow table with the contract schema, the verification columns (null unless
+    attendance against a gallery) and string ``extra_columns``."""
     columns = {
+        "job_id": [job_id] * len(rows),
         "item_id": [r.item_id for r in rows],
         "source_uri": [r.source_uri for r in rows],
         "status": [r.status for r in rows],
@@ -98,14 +106,26 @@ def to_table(rows: list[ItemResult], extra_columns: list[str], verification: boo
         "processed_at": [r.processed_at for r in rows],
     }
     schema = BASE_SCHEMA
-    if verification:
-        for column in VERIFICATION_SCHEMA:
-            schema = schema.append(column)
-            columns[column.name] = [getattr(r, column.name) for r in rows]
+    for column in VERIFICATION_SCHEMA:
+        schema = schema.append(column)
+        columns[column.name] = [getattr(r, column.name) for r in rows]
     for name in extra_columns:
         schema = schema.append(pa.field(name, pa.string()))
         columns[name] = [r.fields.get(name) for r in rows]
     return pa.table(columns, schema=schema)
+
+
+def chunk_part_bytes(rows: list[ItemResult], header, stats: dict) -> bytes:
+    """One chunk's part: its rows, with the chunk's statistics in the file's metadata."""
+    table = to_table(rows, header.columns, header.job_id)
+    table = table.replace_schema_metadata({CHUNK_STATS_KEY: json.dumps(stats).encode()})
+    return to_parquet(table)
+
+
+def part_stats(table: pa.Table) -> dict:
+    """The chunk statistics written by ``chunk_part_bytes`` ({} for parts without them)."""
+    raw = (table.schema.metadata or {}).get(CHUNK_STATS_KEY)
+    return json.loads(raw) if raw else {}
 
 
 def to_parquet(table: pa.Table) -> bytes:

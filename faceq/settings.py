@@ -93,7 +93,25 @@ class Settings:
     io_threads: int = 8
     max_image_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = 50_000_000
+    decode_pixel_budget: int = 150_000_000  # decoded pixels in flight per worker (≈ 3 bytes each, plus copies)
+    item_timeout_seconds: float = 120.0  # fetch + decode + detect of one chunk's items
+    storage_retry_seconds: float = 600.0  # storage outages shorter than this are ridden out
+    redis_retry_seconds: float = 300.0  # broker outages shorter than this are ridden out by workers
+    max_deliveries: int = 5  # a chunk started this often without finishing is recorded as failed
+    ledger_retention_seconds: int = 7 * 24 * 3600  # job keys in Redis expire this long after the last write
+    allowed_sources: tuple[str, ...] = ()  # input roots besides a job's own source and the storage root
     thresholds: TrustThresholds = field(default_factory=TrustThresholds)
+
+    def open_storage(self):
+        """The configured storage, retrying outages for ``storage_retry_seconds``."""
+        from faceq.storage import open_storage
+
+        return open_storage(self.storage_url, self.s3_endpoint_url, self.storage_retry_seconds)
+
+    def open_ledger(self):
+        from faceq.ledger import Ledger
+
+        return Ledger.from_url(self.broker_url, self.ledger_retention_seconds)
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -120,6 +138,13 @@ class Settings:
             io_threads=_int("FACEQ_IO_THREADS", d.io_threads),
             max_image_bytes=_int("FACEQ_MAX_IMAGE_BYTES", d.max_image_bytes),
             max_image_pixels=_int("FACEQ_MAX_IMAGE_PIXELS", d.max_image_pixels),
+            decode_pixel_budget=_int("FACEQ_DECODE_PIXEL_BUDGET", d.decode_pixel_budget),
+            item_timeout_seconds=_float("FACEQ_ITEM_TIMEOUT_SECONDS", d.item_timeout_seconds),
+            storage_retry_seconds=_float("FACEQ_STORAGE_RETRY_SECONDS", d.storage_retry_seconds),
+            redis_retry_seconds=_float("FACEQ_REDIS_RETRY_SECONDS", d.redis_retry_seconds),
+            max_deliveries=_int("FACEQ_MAX_DELIVERIES", d.max_deliveries),
+            ledger_retention_seconds=_int("FACEQ_LEDGER_RETENTION_SECONDS", d.ledger_retention_seconds, minimum=60),
+            allowed_sources=tuple(s.strip() for s in (_env("FACEQ_ALLOWED_SOURCES") or "").split(",") if s.strip()),
             thresholds=TrustThresholds.from_env(),
         )
 
@@ -148,9 +173,15 @@ ENV_VARS = (
     "FACEQ_IO_THREADS",
     "FACEQ_MAX_IMAGE_BYTES",
     "FACEQ_MAX_IMAGE_PIXELS",
+    "FACEQ_DECODE_PIXEL_BUDGET",
+    "FACEQ_ITEM_TIMEOUT_SECONDS",
+    "FACEQ_STORAGE_RETRY_SECONDS",
+    "FACEQ_REDIS_RETRY_SECONDS",
+    "FACEQ_MAX_DELIVERIES",
+    "FACEQ_LEDGER_RETENTION_SECONDS",
+    "FACEQ_ALLOWED_SOURCES",
     *(f"FACEQ_{name.upper()}" for name in THRESHOLD_NAMES),
     "FACEQ_HEARTBEAT_SECONDS",
     # read by celeryconfig.py (Celery settings live there)
-    "FACEQ_CHUNK_MAX_RETRIES",
     "FACEQ_VISIBILITY_TIMEOUT",
 )

@@ -10,6 +10,7 @@ come from the standard AWS environment/config chain, never from faceq's settings
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from functools import cached_property
@@ -17,7 +18,8 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import unquote, urlparse
 
-from faceq.errors import ConfigError, StorageError
+from faceq.errors import ConfigError, FaceqError, StorageError
+from faceq.retry import retry_call
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -41,21 +43,41 @@ class Storage(ABC):
     url: str
     s3_endpoint_url: str | None = None
 
+    retry_seconds: float = 0.0  # how long transient S3 failures are retried before a StorageError
+
     @cached_property
     def client(self):
-        """One boto3 S3 client per Storage (boto3 clients are thread-safe)."""
+        """One boto3 S3 client per Storage (boto3 clients are thread-safe). Timeouts bound
+        every request: a stalled read fails and is retried instead of hanging a chunk."""
         import boto3
         from botocore.config import Config
 
-        config = Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=32)
+        config = Config(retries={"max_attempts": 3, "mode": "standard"}, max_pool_connections=32,
+                        connect_timeout=5, read_timeout=30)
         return boto3.client("s3", endpoint_url=self.s3_endpoint_url, config=config)
+
+    def _s3(self, call, what: str):
+        """One S3 call, retried through outages for ``retry_seconds``; errors become StorageError."""
+        try:
+            return retry_call(call, what, self.retry_seconds, is_transient_s3_error)
+        except FaceqError:
+            raise
+        except Exception as exc:  # botocore raises many unrelated types
+            error = StorageError(f"{what}: {_describe(exc)}")
+            error.transient = is_transient_s3_error(exc)
+            raise error from exc
 
     @abstractmethod
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
         """Write (or atomically overwrite) an object; returns its absolute URI."""
 
+    @abstractmethod
     def get_bytes(self, key: str) -> bytes:
-        return self.read_uri(self.uri(key))
+        """Read one of faceq's own objects."""
+
+    def put_file(self, key: str, path: Path, content_type: str = "application/octet-stream") -> str:
+        """Write a large local file as an object without holding it in memory."""
+        return self.put_bytes(key, path.read_bytes(), content_type)
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...
@@ -65,6 +87,10 @@ class Storage(ABC):
         """Keys under ``prefix``, sorted."""
 
     @abstractmethod
+    def list_children(self, prefix: str) -> list[str]:
+        """Names of the immediate "folders" under ``prefix`` (which ends with ``/``), sorted."""
+
+    @abstractmethod
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix``; returns how many."""
 
@@ -72,21 +98,19 @@ class Storage(ABC):
     def uri(self, key: str) -> str:
         """Absolute URI of ``key``, readable with ``read_uri``."""
 
-    def read_uri(self, uri: str) -> bytes:
-        """Read an absolute ``file://`` or ``s3://`` URI (input items may live outside the root)."""
+    def read_uri(self, uri: str, max_bytes: int | None = None) -> bytes:
+        """Read an input item by absolute ``file://`` or ``s3://`` URI, at most ``max_bytes``.
+
+        Callers check the URI against the job's allowed sources first (faceq.allow). Local
+        reads refuse anything but regular files and stop at the cap while reading.
+        """
         if uri.startswith("s3://"):
             bucket, key = split_s3_uri(uri)
-            try:
-                return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
-            except Exception as exc:  # botocore raises many unrelated types
-                raise StorageError(f"cannot read {uri}: {exc}") from exc
-        path = file_uri_path(uri)
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            raise StorageError(f"no such file: {path}") from None
-        except OSError as exc:
-            raise StorageError(f"cannot read {path}: {exc}") from exc
+            return self._s3(lambda: _read_body(self.client.get_object(Bucket=bucket, Key=key)["Body"], max_bytes),
+                            f"cannot read {uri}")
+        from faceq.localfiles import read_regular_file
+
+        return read_regular_file(file_uri_path(uri), max_bytes)
 
     @property
     def is_local(self) -> bool:
@@ -118,10 +142,33 @@ class FileStorage(Storage):
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
+            os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the readers of a shared store
             os.replace(tmp, path)
         except OSError as exc:
             raise StorageError(f"cannot write {path}: {exc}") from exc
         return path.as_uri()
+
+    def get_bytes(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise StorageError(f"no such object: {path}") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {exc}") from exc
+
+    def put_file(self, key: str, path: Path, content_type: str = "application/octet-stream") -> str:
+        target = self._path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+            os.close(fd)
+            shutil.copyfile(path, tmp)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise StorageError(f"cannot write {target}: {exc}") from exc
+        return target.as_uri()
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -135,10 +182,17 @@ class FileStorage(Storage):
         keys = (p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
         return iter(sorted(k for k in keys if not Path(k).name.startswith(".")))
 
+    def list_children(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+
     def delete_prefix(self, prefix: str) -> int:
         keys = list(self.list_keys(prefix))
         for key in keys:
             self._path(key).unlink(missing_ok=True)
+        base = self._path(prefix) if prefix else None
+        if base is not None and base != self.root and base.is_dir():
+            shutil.rmtree(base, ignore_errors=True)  # the emptied folders too (and stray temp files)
         return len(keys)
 
     def uri(self, key: str) -> str:
@@ -158,32 +212,55 @@ class S3Storage(Storage):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type)
-        except Exception as exc:  # botocore raises many unrelated types
-            raise StorageError(f"cannot write {self.uri(key)}: {exc}") from exc
+        self._s3(lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
+                                                ContentType=content_type), f"cannot write {self.uri(key)}")
         return self.uri(key)
+
+    def put_file(self, key: str, path: Path, content_type: str = "application/octet-stream") -> str:
+        self._s3(lambda: self.client.upload_file(str(path), self.bucket, self._key(key),
+                                                 ExtraArgs={"ContentType": content_type}),
+                 f"cannot write {self.uri(key)}")
+        return self.uri(key)
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._s3(lambda: self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read(),
+                        f"cannot read {self.uri(key)}")
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-            return True
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise StorageError(f"cannot check {self.uri(key)}: {exc}") from exc
+        def head() -> bool:
+            try:
+                self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+                return True
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return False
+                raise
+
+        return self._s3(head, f"cannot check {self.uri(key)}")
 
     def list_keys(self, prefix: str) -> Iterator[str]:
         strip = len(self.prefix) + 1 if self.prefix else 0
-        return (key[strip:] for key in list_s3_keys(self.client, self.bucket, self._key(prefix)))
+        keys = self._s3(lambda: list(list_s3_keys(self.client, self.bucket, self._key(prefix))),
+                        f"cannot list {self.uri(prefix)}")
+        return (key[strip:] for key in keys)
+
+    def list_children(self, prefix: str) -> list[str]:
+        def common_prefixes() -> list[str]:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._key(prefix), Delimiter="/")
+            return [p["Prefix"] for page in pages for p in page.get("CommonPrefixes", [])]
+
+        found = self._s3(common_prefixes, f"cannot list {self.uri(prefix)}")
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in found)
 
     def delete_prefix(self, prefix: str) -> int:
         keys = [self._key(k) for k in self.list_keys(prefix)]
         for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
             batch = [{"Key": k} for k in keys[start : start + 1000]]
-            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            self._s3(lambda: self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}),
+                     f"cannot delete under {self.uri(prefix)}")
         return len(keys)
 
     def uri(self, key: str) -> str:
@@ -192,21 +269,61 @@ class S3Storage(Storage):
 
 def list_s3_keys(client, bucket: str, prefix: str) -> Iterator[str]:
     """Every key under ``prefix`` (paginated; S3 returns keys in lexicographic order)."""
-    try:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                yield obj["Key"]
-    except Exception as exc:
-        raise StorageError(f"cannot list s3://{bucket}/{prefix}: {exc}") from exc
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            yield obj["Key"]
 
 
-def open_storage(url: str, s3_endpoint_url: str | None = None) -> Storage:
-    """Storage for ``file:///abs/dir``, a plain local path, or ``s3://bucket[/prefix]``."""
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+                    "InternalError", "ServiceUnavailable", "503", "500", "502", "504"}
+
+
+def is_transient_s3_error(exc: BaseException) -> bool:
+    """Connection failures, timeouts, throttling and 5xx: worth retrying. A missing key or a
+    refused permission is not."""
+    from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
+
+    if isinstance(exc, (BotoConnectionError, HTTPClientError, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return error.get("Code") in _TRANSIENT_CODES or status >= 500
+    return False
+
+
+def _read_body(body, max_bytes: int | None) -> bytes:
+    """An S3 body, refusing to hold more than ``max_bytes`` (checked while reading)."""
+    from faceq.errors import BadInputError
+
+    if max_bytes is None:
+        return body.read()
+    data = body.read(max_bytes + 1)
+    body.close()
+    if len(data) > max_bytes:
+        raise BadInputError("too_large", f"more than {max_bytes} bytes (FACEQ_MAX_IMAGE_BYTES)")
+    return data
+
+
+def _describe(exc: BaseException) -> str:
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"{error.get('Code', 'error')}: {error.get('Message', '')}".strip(": ")
+    return f"{type(exc).__name__}: {exc}"
+
+
+def open_storage(url: str, s3_endpoint_url: str | None = None, retry_seconds: float = 0.0) -> Storage:
+    """Storage for ``file:///abs/dir``, an absolute local path, or ``s3://bucket[/prefix]``."""
     if url.startswith("s3://"):
         bucket, prefix = split_s3_uri(url)
-        return S3Storage(bucket, prefix, endpoint_url=s3_endpoint_url)
-    if url.startswith("file://"):
-        return FileStorage(file_uri_path(url), s3_endpoint_url)
-    if "://" in url:
-        raise ConfigError(f"FACEQ_STORAGE_URL={url!r}: use file:///abs/path or s3://bucket/prefix")
-    return FileStorage(Path(url), s3_endpoint_url)
+        storage: Storage = S3Storage(bucket, prefix, endpoint_url=s3_endpoint_url)
+    elif url.startswith("file://"):
+        storage = FileStorage(file_uri_path(url), s3_endpoint_url)
+    elif ":" in url.split("/", 1)[0] or not Path(url).is_absolute():
+        raise ConfigError(f"FACEQ_STORAGE_URL={url!r}: use file:///abs/path, an absolute path or s3://bucket/prefix")
+    else:
+        storage = FileStorage(Path(url), s3_endpoint_url)
+    storage.retry_seconds = retry_seconds
+    return storage

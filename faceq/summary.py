@@ -1,56 +1,69 @@
-"""Finalize a job: read every chunk's rows, write review.csv, summary.json and report.html.
+"""Finalize a run: stream its parts into review.csv, report.html and summary.json.
 
-Runs once per job (the ledger's finalize lease) and is idempotent: the same parts give the
-same files. Enrolment jobs also publish a new gallery version. Per-source statistics (the
-manifest's ``device_id``, else the top-level folder) are compared with the last job of the
-same kind so that a camera whose quality collapses is named once, as a camera problem.
+Memory is bounded whatever the job size: parts are read one at a time with only the columns
+each pass needs, counted with pyarrow compute, and flagged rows are streamed to a temporary
+file that becomes review.csv. What grows with the job is 4 bytes per scored face (the quality
+values the medians are taken over). Two passes: the first counts and finds the camera alerts,
+the second writes the review list, which needs those alerts.
+
+Runs once per run (the ledger's finalize lease) and is idempotent: the same parts give the
+same files. The summary is written last and is the commit point: it names the run whose
+results are the job's results, and only then are superseded runs deleted.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
+import tempfile
 from collections import Counter
 from contextlib import AbstractContextManager
-from typing import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from faceq import jobs
-from faceq.gallery import GalleryStore, build_enrolment
-from faceq.jobs import JobManifest
-from faceq.ledger import JobProgress
-from faceq.results import read_parquet
+from faceq.csvsafe import inert_cell
+from faceq.gallery import EnrolmentBuilder, GalleryStore
+from faceq.jobs import JobHeader
+from faceq.results import part_stats, read_parquet
 from faceq.settings import TrustThresholds
 from faceq.storage import Storage
 
 HISTOGRAM_EDGES = [round(0.1 * i, 1) for i in range(11)]
-_COLUMNS = ["item_id", "source_uri", "status", "error", "quality", "needs_review", "review_reasons", "face_count",
-            "model_id"]
+REPORT_ROWS = 60  # flagged rows listed in report.html (review.csv lists all of them)
 _VERIFICATION = ["decision", "similarity", "gallery", "best_candidate_id", "best_candidate_score"]
 SOURCE_FOLDED_REASONS = {"low_quality", "likely_not_a_face"}  # explained by a source alert
+TOP_LEVEL = "(top level)"
 
 
-def extra_columns(manifest: JobManifest) -> list[str]:
-    return list(manifest.items[0].fields) if manifest.items else []
-
-
-def read_rows(storage: Storage, manifest: JobManifest, embeddings: bool = False) -> pa.Table:
-    columns = _COLUMNS + (_VERIFICATION if manifest.gallery and manifest.kind == "attendance" else [])
-    columns += extra_columns(manifest) + (["embedding"] if embeddings else [])
-    return pa.concat_tables(
-        read_parquet(storage.get_bytes(jobs.part_key(manifest.job_id, chunk.index)), columns)
-        for chunk in manifest.chunks()
-    )
+def iter_parts(storage: Storage, header: JobHeader, columns: list[str] | None) -> Iterator[pa.Table]:
+    """The run's parts in chunk order, one at a time."""
+    for index in range(header.n_chunks):
+        yield read_parquet(storage.get_bytes(jobs.part_key(header.job_id, header.run_id, index)), columns)
 
 
 def source_of(row: dict) -> str:
     """Where a photo came from: the manifest's device, else its top-level folder."""
     if row.get("device_id"):
         return row["device_id"]
-    return row["item_id"].split("/", 1)[0] if "/" in row["item_id"] else "(top level)"
+    return row["item_id"].split("/", 1)[0] if "/" in row["item_id"] else TOP_LEVEL
+
+
+def source_column(table: pa.Table) -> pa.Array:
+    """``source_of`` for a whole table at once."""
+    item_id = table.column("item_id").combine_chunks()
+    folder = pc.list_element(pc.split_pattern(item_id, "/", max_splits=1), 0)
+    folder = pc.if_else(pc.match_substring(item_id, "/"), folder, pa.scalar(TOP_LEVEL))
+    if "device_id" not in table.column_names:
+        return folder
+    device = table.column("device_id").combine_chunks()
+    has_device = pc.fill_null(pc.not_equal(device, ""), False)
+    return pc.if_else(has_device, device, folder)
 
 
 def quality_histogram(quality: np.ndarray) -> dict:
@@ -59,20 +72,42 @@ def quality_histogram(quality: np.ndarray) -> dict:
     return {"edges": HISTOGRAM_EDGES, "counts": counts.tolist()}
 
 
+class SourceStats:
+    """Rows, ok rows, flagged rows and quality values per source, accumulated part by part."""
+
+    def __init__(self):
+        self._counts: dict[str, list[int]] = {}
+        self._quality: dict[str, list[np.ndarray]] = {}
+
+    def add(self, table: pa.Table) -> None:
+        sources = source_column(table)
+        ok = pc.equal(table.column("status"), "ok")
+        for source in pc.unique(sources).to_pylist():
+            mask = pc.equal(sources, source)
+            counts = self._counts.setdefault(source, [0, 0, 0])
+            counts[0] += pc.sum(mask.cast(pa.int64())).as_py() or 0
+            counts[1] += pc.sum(pc.and_(mask, ok).cast(pa.int64())).as_py() or 0
+            counts[2] += pc.sum(pc.and_(mask, table.column("needs_review")).cast(pa.int64())).as_py() or 0
+            quality = pc.drop_null(table.column("quality").filter(mask)).to_numpy()
+            self._quality.setdefault(source, []).append(quality.astype(np.float32))
+
+    def result(self) -> dict[str, dict]:
+        stats = {}
+        for source in sorted(self._counts):
+            quality = np.concatenate(self._quality[source]) if self._quality[source] else np.zeros(0)
+            n_rows, n_ok, n_flagged = self._counts[source]
+            stats[source] = {"n_rows": n_rows, "n_ok": n_ok, "n_flagged": n_flagged,
+                             "median_quality": round(float(np.median(quality)), 4) if quality.size else None}
+        return stats
+
+
 def source_stats(rows: list[dict]) -> dict[str, dict]:
-    by_source: dict[str, list[dict]] = {}
-    for row in rows:
-        by_source.setdefault(source_of(row), []).append(row)
-    stats = {}
-    for source, items in sorted(by_source.items()):
-        quality = [r["quality"] for r in items if r["quality"] is not None]
-        stats[source] = {
-            "n_rows": len(items),
-            "n_ok": sum(r["status"] == "ok" for r in items),
-            "n_flagged": sum(r["needs_review"] for r in items),
-            "median_quality": round(float(np.median(quality)), 4) if quality else None,
-        }
-    return stats
+    """Per-source statistics of rows given as dicts (item_id, status, quality, needs_review[, device_id])."""
+    accumulator = SourceStats()
+    if rows:
+        columns = ["item_id", "status", "quality", "needs_review"] + (["device_id"] if "device_id" in rows[0] else [])
+        accumulator.add(pa.table({c: [r.get(c) for r in rows] for c in columns}))
+    return accumulator.result()
 
 
 def drift_alerts(stats: dict[str, dict], baseline: dict | None, thresholds: TrustThresholds) -> list[dict]:
@@ -104,78 +139,125 @@ def folded_into_alert(row: dict, alerted: set[str]) -> bool:
         set(row["review_reasons"]) <= SOURCE_FOLDED_REASONS
 
 
-def build_summary(manifest: JobManifest, rows: pa.Table, progress: JobProgress, chunk_stats: dict[int, dict],
-                  thresholds: TrustThresholds, baseline: dict | None) -> dict:
-    records = rows.to_pylist()
-    status = Counter(r["status"] for r in records)
-    reasons = Counter(reason for r in records for reason in r["review_reasons"])
-    quality = np.array([r["quality"] for r in records if r["quality"] is not None], dtype=np.float64)
-    seconds = [s["seconds"] for s in chunk_stats.values()]
-    finished = max((s["finished_at"] for s in chunk_stats.values()), default=progress.created_at)
-    wall = max(finished - progress.created_at, 1e-9)
-    sources = source_stats(records)
-    alerts = drift_alerts(sources, baseline, thresholds)
-    alerted = {a["source"] for a in alerts}
-    counts = {
-        "status": dict(sorted(status.items())),
-        "review_reasons": dict(sorted(reasons.items())),
-        "needs_review": sum(r["needs_review"] for r in records),
-        "folded_into_source_alerts": sum(folded_into_alert(r, alerted) for r in records),
+def _value_counts(array) -> Counter:
+    return Counter({entry["values"]: entry["counts"] for entry in pc.value_counts(array).to_pylist()
+                    if entry["values"] is not None})
+
+
+def _counting_columns(header: JobHeader) -> list[str]:
+    columns = ["item_id", "status", "quality", "needs_review", "review_reasons", "model_id"]
+    columns += ["decision"] if header.verifies else []
+    return columns + (["device_id"] if "device_id" in header.columns else [])
+
+
+class JobCounts:
+    """Pass one: counts, quality values, per-source statistics and chunk timings."""
+
+    def __init__(self):
+        self.n_rows = 0
+        self.status: Counter = Counter()
+        self.reasons: Counter = Counter()
+        self.decisions: Counter = Counter()
+        self.needs_review = 0
+        self.model_ids: set[str] = set()
+        self.quality: list[np.ndarray] = []
+        self.sources = SourceStats()
+        self.chunks: list[dict] = []
+
+    def add(self, table: pa.Table) -> None:
+        self.n_rows += table.num_rows
+        self.status += _value_counts(table.column("status"))
+        self.reasons += _value_counts(pc.list_flatten(table.column("review_reasons")))
+        if "decision" in table.column_names:
+            self.decisions += _value_counts(table.column("decision"))
+        self.needs_review += pc.sum(table.column("needs_review").cast(pa.int64())).as_py() or 0
+        self.model_ids.update(v for v in pc.unique(table.column("model_id")).to_pylist() if v)
+        self.quality.append(pc.drop_null(table.column("quality")).to_numpy().astype(np.float32))
+        self.sources.add(table)
+        self.chunks.append(part_stats(table))
+
+
+def build_summary(header: JobHeader, counts: JobCounts, thresholds: TrustThresholds, baseline: dict | None) -> dict:
+    quality = np.concatenate(counts.quality) if counts.quality else np.zeros(0, np.float32)
+    seconds = [s["seconds"] for s in counts.chunks if "seconds" in s]
+    created = datetime.fromisoformat(header.created_at).timestamp()
+    finished = max((s["finished_at"] for s in counts.chunks if "finished_at" in s), default=created)
+    wall = max(finished - created, 1e-9)
+    sources = counts.sources.result()
+    summary_counts = {
+        "status": dict(sorted(counts.status.items())),
+        "review_reasons": dict(sorted(counts.reasons.items())),
+        "needs_review": counts.needs_review,
+        "folded_into_source_alerts": 0,  # set by the second pass
     }
-    if "decision" in rows.column_names:
-        counts["decision"] = dict(sorted(Counter(r["decision"] for r in records).items()))
+    if header.verifies:
+        summary_counts["decision"] = dict(sorted(counts.decisions.items()))
     return {
-        "job_id": manifest.job_id,
-        "run_id": manifest.run_id,
-        "kind": manifest.kind,
-        "mode": manifest.mode,
-        "source": manifest.source,
-        "gallery": f"{manifest.gallery}@v{manifest.gallery_version}" if manifest.gallery_version else manifest.gallery,
-        "n_items": len(manifest.items),
-        "n_rows": rows.num_rows,
-        "n_chunks": manifest.n_chunks,
-        "counts": counts,
+        "job_id": header.job_id,
+        "run_id": header.run_id,
+        "kind": header.kind,
+        "mode": header.mode,
+        "source": header.source,
+        "created_at": header.created_at,
+        "gallery": f"{header.gallery}@v{header.gallery_version}" if header.gallery_version else header.gallery,
+        "n_items": header.n_items,
+        "n_rows": counts.n_rows,
+        "n_chunks": header.n_chunks,
+        "counts": summary_counts,
         "quality": {
             "histogram": quality_histogram(quality),
             "median": float(np.median(quality)) if quality.size else None,
             "p05": float(np.percentile(quality, 5)) if quality.size else None,
         },
         "sources": sources,
-        "alerts": alerts,
+        "alerts": drift_alerts(sources, baseline, thresholds),
         "baseline_job": baseline["job_id"] if baseline else None,
-        "model_ids": sorted({r["model_id"] for r in records}),
+        "model_ids": sorted(counts.model_ids),
         "thresholds": thresholds.__dict__,
         "timings": {
             "wall_seconds": round(wall, 3),
-            "items_per_second": round(len(manifest.items) / wall, 2),
+            "items_per_second": round(header.n_items / wall, 2),
             "chunk_seconds_p50": round(float(np.median(seconds)), 3) if seconds else None,
             "chunk_seconds_max": round(max(seconds), 3) if seconds else None,
         },
-        "workers": sorted({s["worker"] for s in chunk_stats.values()}),
+        "workers": sorted({s["worker"] for s in counts.chunks if "worker" in s}),
         "outputs": {
-            "results": jobs.results_prefix(manifest.job_id),
-            "review": jobs.review_key(manifest.job_id),
-            "report": jobs.report_key(manifest.job_id),
+            "results": jobs.results_prefix(header.job_id, header.run_id),
+            "review": jobs.review_key(header.job_id, header.run_id),
+            "report": jobs.report_key(header.job_id, header.run_id),
         },
     }
 
 
-def review_csv(rows: pa.Table, extra: list[str], alerted: set[str]) -> bytes:
-    """One line per flagged item, with what a reviewer needs to find and judge it."""
-    verification = [c for c in _VERIFICATION if c in rows.column_names and c != "gallery"]
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["item_id", "source_uri", "status", "quality", "review_reasons", "error", *verification,
-                     "source", "source_alert", *extra])
-    for row in rows.filter(rows.column("needs_review")).to_pylist():
-        writer.writerow(
-            [row["item_id"], row["source_uri"], row["status"], _fmt(row["quality"]), ";".join(row["review_reasons"]),
-             row["error"] or ""]
-            + [_fmt(row[c]) for c in verification]
-            + [source_of(row), "yes" if folded_into_alert(row, alerted) else ""]
-            + [row[c] or "" for c in extra]
-        )
-    return out.getvalue().encode()
+def review_columns(header: JobHeader) -> list[str]:
+    columns = ["item_id", "source_uri", "status", "error", "quality", "needs_review", "review_reasons", "face_count"]
+    columns += [c for c in _VERIFICATION if header.verifies]
+    return columns + [c for c in header.columns if c not in columns]
+
+
+def write_review(storage: Storage, header: JobHeader, alerted: set[str], out: Path,
+                 report_rows: int = REPORT_ROWS) -> tuple[int, list[dict]]:
+    """Pass two: every flagged row into ``out`` (CSV, cells made inert for spreadsheets).
+    Returns how many rows a camera alert explains, and the first flagged rows it does not."""
+    verification = [c for c in _VERIFICATION if header.verifies and c != "gallery"]
+    extra = list(header.columns)
+    folded, listed = 0, []
+    with out.open("w", newline="", encoding="utf-8-sig") as fh:  # the BOM makes Excel read UTF-8
+        writer = csv.writer(fh)
+        writer.writerow(["item_id", "source_uri", "status", "quality", "review_reasons", "error", *verification,
+                         "source", "source_alert", *extra])
+        for table in iter_parts(storage, header, review_columns(header)):
+            for row in table.filter(table.column("needs_review")).to_pylist():
+                is_folded = folded_into_alert(row, alerted)
+                folded += is_folded
+                if not is_folded and len(listed) < report_rows:
+                    listed.append(row)
+                cells = [row["item_id"], row["source_uri"], row["status"], _fmt(row["quality"]),
+                         ";".join(row["review_reasons"]), row["error"] or ""]
+                cells += [_fmt(row[c]) for c in verification]
+                cells += [source_of(row), "yes" if is_folded else ""] + [row[c] or "" for c in extra]
+                writer.writerow([inert_cell(c) for c in cells])
+    return folded, listed
 
 
 def _fmt(value) -> str:
@@ -184,52 +266,74 @@ def _fmt(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def load_baseline(storage: Storage, manifest: JobManifest) -> dict | None:
-    """The summary of the job to compare with: the manifest's choice, else the last finished
+def load_baseline(storage: Storage, header: JobHeader) -> dict | None:
+    """The summary of the job to compare with: the header's choice, else the last finished
     job of the same kind (never the job itself)."""
-    job_id = manifest.baseline_job_id
-    if job_id is None and storage.exists(jobs.latest_job_key(manifest.kind)):
-        job_id = json.loads(storage.get_bytes(jobs.latest_job_key(manifest.kind)))["job_id"]
-    if job_id is None or job_id == manifest.job_id or not storage.exists(jobs.summary_key(job_id)):
+    job_id = header.baseline_job_id
+    if job_id is None and storage.exists(jobs.latest_job_key(header.kind)):
+        job_id = json.loads(storage.get_bytes(jobs.latest_job_key(header.kind)))["job_id"]
+    if job_id is None or job_id == header.job_id or not storage.exists(jobs.summary_key(job_id)):
         return None
     return json.loads(storage.get_bytes(jobs.summary_key(job_id)))
 
 
-def publish_enrolment(storage: Storage, manifest: JobManifest, table: pa.Table, thresholds: TrustThresholds,
+def publish_enrolment(storage: Storage, header: JobHeader, thresholds: TrustThresholds, model_id: str,
                       lock: Callable[[str], AbstractContextManager]) -> dict:
-    rows = table.to_pylist()
-    model_ids = sorted({r["model_id"] for r in rows})
-    enrolment = build_enrolment(rows, thresholds.enrol_quality, thresholds.duplicate_similarity, model_ids[0])
+    builder = EnrolmentBuilder(thresholds.enrol_quality)
+    for table in iter_parts(storage, header, ["employee_id", "item_id", "status", "error", "quality", "embedding"]):
+        builder.add(table.to_pylist())
+    enrolment = builder.build(thresholds.duplicate_similarity, model_id)
     report = {
-        "job_id": manifest.job_id,
-        "model_id": model_ids[0],
+        "job_id": header.job_id,
+        "model_id": model_id,
         "enrolled": enrolment.table.num_rows,
         "rejected_images": enrolment.rejected,
         "employees_without_usable_image": enrolment.without_usable_image,
         "likely_duplicates": enrolment.duplicates,
         "enrol_quality": thresholds.enrol_quality,
     }
-    with lock(manifest.gallery):  # two enrolments of one gallery never get the same version
-        version = GalleryStore(storage).publish(manifest.gallery, enrolment, report)
-    return {"name": manifest.gallery, "version": version, **{k: v for k, v in report.items() if k != "job_id"}}
+    with lock(header.gallery):  # two enrolments of one gallery never get the same version
+        version = GalleryStore(storage).publish(header.gallery, enrolment, report)
+    return {"name": header.gallery, "version": version, **{k: v for k, v in report.items() if k != "job_id"}}
 
 
-def finalize(storage: Storage, manifest: JobManifest, progress: JobProgress, chunk_stats: dict[int, dict],
-             thresholds: TrustThresholds, lock: Callable[[str], AbstractContextManager]) -> dict:
-    """Write review.csv, report.html, then summary.json (last: its presence means complete)."""
+def superseded_runs(storage: Storage, header: JobHeader) -> list[str]:
+    """Runs of this job id that committing ``header``'s run replaces: every other run but one
+    planned after it (its folder is named in ``current.json``)."""
+    newer = None
+    if storage.exists(jobs.current_run_key(header.job_id)):
+        newer = json.loads(storage.get_bytes(jobs.current_run_key(header.job_id)))["run_id"]
+    return [run for run in storage.list_children(jobs.runs_prefix(header.job_id)) if run not in (header.run_id, newer)]
+
+
+def finalize(storage: Storage, header: JobHeader, thresholds: TrustThresholds,
+             lock: Callable[[str], AbstractContextManager], still_current: Callable[[], bool] = lambda: True,
+             ) -> dict | None:
+    """Write review.csv and report.html of the run, then summary.json (the commit), then delete
+    the runs it supersedes. Returns None, writing no summary, when the run was superseded."""
     from faceq.report import render_report
 
-    enrolling = manifest.kind == "enroll"
-    rows = read_rows(storage, manifest, embeddings=enrolling)  # once; embeddings only to build templates
-    summary = build_summary(manifest, rows, progress, chunk_stats, thresholds, load_baseline(storage, manifest))
-    if enrolling:
-        summary["gallery"] = publish_enrolment(storage, manifest, rows, thresholds, lock)
+    counts = JobCounts()
+    for table in iter_parts(storage, header, _counting_columns(header)):
+        counts.add(table)
+    summary = build_summary(header, counts, thresholds, load_baseline(storage, header))
+    if header.kind == "enroll":
+        summary["gallery"] = publish_enrolment(storage, header, thresholds, sorted(counts.model_ids)[0], lock)
     alerted = {a["source"] for a in summary["alerts"]}
-    storage.put_bytes(jobs.review_key(manifest.job_id), review_csv(rows, extra_columns(manifest), alerted), "text/csv")
-    if manifest.report:
-        storage.put_bytes(jobs.report_key(manifest.job_id), render_report(summary, rows, storage).encode(),
-                          "text/html")
-    storage.put_bytes(jobs.summary_key(manifest.job_id), json.dumps(summary, indent=2).encode(), "application/json")
-    storage.put_bytes(jobs.latest_job_key(manifest.kind), json.dumps({"job_id": manifest.job_id}).encode(),
+    with tempfile.TemporaryDirectory(prefix="faceq-finalize-") as tmp:
+        review = Path(tmp) / "review.csv"
+        folded, listed = write_review(storage, header, alerted, review)
+        summary["counts"]["folded_into_source_alerts"] = folded
+        storage.put_file(jobs.review_key(header.job_id, header.run_id), review, "text/csv; charset=utf-8")
+    if header.report:
+        html = render_report(summary, listed, storage, verification=header.verifies)
+        storage.put_bytes(jobs.report_key(header.job_id, header.run_id), html.encode(), "text/html; charset=utf-8")
+    if not still_current():
+        return None
+    replaced = superseded_runs(storage, header)
+    storage.put_bytes(jobs.summary_key(header.job_id), json.dumps(summary, indent=2).encode(), "application/json")
+    storage.put_bytes(jobs.latest_job_key(header.kind), json.dumps({"job_id": header.job_id}).encode(),
                       "application/json")
+    for run_id in replaced:
+        storage.delete_prefix(jobs.run_prefix(header.job_id, run_id))
     return summary

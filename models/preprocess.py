@@ -40,6 +40,17 @@ class PreparedImage:
     face_count: int
 
 
+def image_size(data: bytes) -> int:
+    """Pixels of an encoded image from its header alone (0 when the header cannot be read:
+    decoding then reports why). Reserves decode memory before any large allocation."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            return width * height
+    except Exception:
+        return 0
+
+
 def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
     """Decode to an (H, W, 3) uint8 BGR array, EXIF orientation applied."""
     if not data:

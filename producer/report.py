@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 from faceq import jobs
 from faceq.errors import JobError
-from faceq.jobs import JobManifest
+from faceq.jobs import JobHeader
 from faceq.report import render_report
 from faceq.storage import Storage
-from faceq.summary import read_rows
+from faceq.summary import write_review
 
 
 def fetch_report(storage: Storage, job_id: str, regenerate: bool = False) -> bytes:
     if not storage.exists(jobs.summary_key(job_id)):
         raise JobError(f"job {job_id} has no summary in {storage.url} yet: is it finished? (python -m producer wait)")
-    if not regenerate and storage.exists(jobs.report_key(job_id)):
-        return storage.get_bytes(jobs.report_key(job_id))
     summary = json.loads(storage.get_bytes(jobs.summary_key(job_id)))
-    manifest = JobManifest.from_json(storage.get_bytes(jobs.manifest_key(job_id)))
-    html = render_report(summary, read_rows(storage, manifest), storage).encode()
-    storage.put_bytes(jobs.report_key(job_id), html, "text/html")
+    key = summary["outputs"]["report"]
+    if not regenerate and storage.exists(key):
+        return storage.get_bytes(key)
+    header = JobHeader.from_json(storage.get_bytes(jobs.header_key(job_id, summary["run_id"])))
+    alerted = {a["source"] for a in summary["alerts"]}
+    with tempfile.TemporaryDirectory(prefix="faceq-report-") as tmp:
+        _, listed = write_review(storage, header, alerted, Path(tmp) / "review.csv")
+    html = render_report(summary, listed, storage, verification=header.verifies).encode()
+    storage.put_bytes(key, html, "text/html; charset=utf-8")
     return html

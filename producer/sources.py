@@ -1,31 +1,49 @@
-"""Turn what users point at (a directory, an ``s3://`` prefix, an attendance CSV) into items.
+"""Turn what users point at (a directory, an ``s3://`` prefix, a CSV manifest) into items, streaming.
 
-Local files must reach workers that do not share the disk: unless storage is ``file://``
-(same machine or a shared mount), they are uploaded under ``jobs/<id>/inputs/`` first.
+Sources are iterators, so the producer's memory does not grow with the job: directories
+are walked one level at a time, S3 listings page by page, manifests row by row. They are
+also the first trust boundary: an audit never follows a symlink out of its tree nor
+lists FIFOs or devices, and every manifest ``image`` is made canonical and checked
+against the job's allowed roots here, at planning time, with the manifest line in the
+error. Local files reach workers that do not share the disk by ``stage_batch``, which
+uploads them (regular files only, bounded) unless storage is ``file://``.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
-from concurrent.futures import ThreadPoolExecutor
+import logging
+import os
+import stat
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
-from tqdm import tqdm
-
-from faceq import jobs
-from faceq.errors import JobError, StorageError
+from faceq.allow import AllowedSources, is_under, is_uri, local_path, normalise_uri, split_s3_prefix
+from faceq.errors import BadInputError, JobError, StorageError
 from faceq.jobs import Item
-from faceq.storage import S3Storage, Storage, split_s3_uri
+from faceq.localfiles import open_regular_file, read_regular_file
+from faceq.redact import redact_text, redact_url
+from faceq.storage import Storage
+from producer.idset import SeenIds
+
+log = logging.getLogger(__name__)
 
 ATTENDANCE_COLUMNS = ("record_id", "employee_id", "image", "device_id", "captured_at")
 IDENTIFYING_COLUMNS = ("record_id", "employee_id", "image")  # must not be empty; the others may be
 ENROLMENT_COLUMNS = ("employee_id", "image")
+MAX_FIELD_CHARS = 4096  # a manifest cell; also bounds ids and URIs
+MAX_ROW_BYTES = 1 << 20  # one CSV record (all its physical lines); bounds memory on hostile input
+DEFAULT_MAX_UPLOAD_BYTES = 64 << 20
+_READ_BYTES = 1 << 16
+_WRONG_DELIMITERS = (";", "\t", "|")
 
 
 @dataclass(frozen=True)
 class LocalItem:
-    """An item whose image is still a file on this machine."""
+    """An item whose image is still a file on this machine (``path`` is its real path)."""
 
     item_id: str
     path: Path
@@ -33,88 +51,456 @@ class LocalItem:
     fields: dict[str, str] = field(default_factory=dict)
 
 
-def list_directory(root: Path) -> list[LocalItem]:
-    """Every regular, non-hidden file under ``root`` (non-images become error rows, not gaps)."""
+@dataclass
+class ListingStats:
+    """What a directory walk listed and what it deliberately left out."""
+
+    files: int = 0
+    skipped_links: int = 0  # symlinks leaving the tree, dangling, or to directories (not followed)
+    skipped_special: int = 0  # FIFOs, sockets, devices
+
+
+# ---------------------------------------------------------------------------- directories
+
+
+def iter_directory(root: Path, stats: ListingStats | None = None) -> Iterator[LocalItem]:
+    """Every regular, non-hidden file under ``root``, in sorted path order.
+
+    Symlinked directories are not followed; a symlinked file is listed only if its real
+    path is a regular file inside ``root`` (it is never opened otherwise). ``stats``, if
+    given, counts what was skipped. Raises ``JobError`` now if ``root`` is not a
+    directory, and at the end if it listed nothing.
+    """
     if not root.is_dir():
         raise JobError(f"{root} is not a directory")
-    paths = sorted(
-        p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
-    items = [LocalItem(p.relative_to(root).as_posix(), p, p.relative_to(root).as_posix()) for p in paths]
-    if not items:
+    return _walk(root, os.path.realpath(root), stats if stats is not None else ListingStats())
+
+
+def _walk(root: Path, real_root: str, stats: ListingStats) -> Iterator[LocalItem]:
+    stack: list[Iterator[tuple[str, str]]] = [iter(_entries(real_root))]
+    prefixes = [""]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+            prefixes.pop()
+            continue
+        name, kind = entry
+        if name.startswith("."):
+            continue
+        rel = prefixes[-1] + name
+        full = os.path.join(real_root, rel)
+        if kind == "dir":
+            stack.append(iter(_entries(full)))
+            prefixes.append(rel + "/")
+            continue
+        if kind == "link":
+            full = _link_inside(full, real_root)
+            if full is None:
+                stats.skipped_links += 1
+                continue
+        elif kind != "file":
+            stats.skipped_special += 1
+            continue
+        stats.files += 1
+        yield LocalItem(rel, Path(full), rel)
+    if stats.skipped_links or stats.skipped_special:
+        log.warning("%s: skipped %d symlink(s) leaving the tree or to directories and %d non-regular file(s)",
+                    root, stats.skipped_links, stats.skipped_special)
+    if stats.files == 0:
         raise JobError(f"{root} contains no files")
-    return items
 
 
-def list_s3_prefix(uri: str, s3_endpoint_url: str | None) -> list[Item]:
-    bucket, prefix = split_s3_uri(uri)
-    source = S3Storage(bucket, prefix, endpoint_url=s3_endpoint_url)
-    items = [Item(key, source.uri(key)) for key in source.list_keys("") if not key.endswith("/")]
-    if not items:
-        raise JobError(f"{uri} holds no objects")
-    return items
-
-
-def read_attendance_manifest(path: Path) -> list[LocalItem | Item]:
-    """Rows ``record_id, employee_id, image, device_id, captured_at``; one item per record."""
-    return read_manifest(path, ATTENDANCE_COLUMNS, lambda row: row["record_id"])
-
-
-def read_enrolment_manifest(path: Path) -> list[LocalItem | Item]:
-    """Rows ``employee_id, image``; an employee may have several images."""
-    return read_manifest(path, ENROLMENT_COLUMNS, lambda row: f"{row['employee_id']}/{row['image']}")
-
-
-def read_manifest(path: Path, required: tuple[str, ...], item_id) -> list[LocalItem | Item]:
-    """A CSV manifest: ``image`` is a path (relative to the manifest) or an ``s3://`` /
-    ``file://`` URI; every other column reaches the output. ``item_id(row)`` names each row."""
+def _entries(directory: str) -> list[tuple[str, str]]:
+    """One directory's entries as (name, kind), sorted by name; kinds from ``d_type`` (no stat)."""
     try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = [c.strip() for c in reader.fieldnames or []]
-            missing = [c for c in required if c not in header]
-            if missing:
-                raise JobError(f"{path}: missing column(s) {', '.join(missing)}; need {', '.join(required)}")
-            rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+        with os.scandir(directory) as it:
+            entries = [(e.name, _entry_kind(e)) for e in it]
     except OSError as exc:
-        raise JobError(f"cannot read {path}: {exc}") from exc
-    if not rows:
-        raise JobError(f"{path} has no rows")
-    seen: set[str] = set()
-    items: list[LocalItem | Item] = []
-    for line, row in enumerate(rows, start=2):
-        record_id = item_id(row)
-        if not all(row.get(c) for c in required if c in IDENTIFYING_COLUMNS) or record_id in seen:
-            raise JobError(f"{path}:{line}: row {record_id!r} has an empty required column or is repeated")
-        seen.add(record_id)
-        fields = {c: row.get(c, "") for c in header if c != "image"}
-        image = row["image"]
-        if "://" in image:
-            items.append(Item(record_id, image, fields))
+        raise JobError(f"cannot list {directory}: {exc.strerror}") from None
+    entries.sort()
+    return entries
+
+
+def _entry_kind(entry: os.DirEntry) -> str:
+    if entry.is_symlink():
+        return "link"
+    if entry.is_dir(follow_symlinks=False):
+        return "dir"
+    if entry.is_file(follow_symlinks=False):
+        return "file"
+    return "special"
+
+
+def _link_inside(link: str, real_root: str) -> str | None:
+    """The real path of a symlinked file if it is a regular file inside the tree, else None."""
+    target = os.path.realpath(link)
+    if not is_under(target, real_root):
+        return None
+    try:
+        mode = os.stat(target, follow_symlinks=False).st_mode
+    except OSError:
+        return None
+    return target if stat.S_ISREG(mode) else None
+
+
+# ---------------------------------------------------------------------------- S3 prefixes
+
+
+def iter_s3_prefix(uri: str, s3_endpoint_url: str | None, client=None) -> Iterator[Item]:
+    """Every object under ``s3://bucket/prefix/`` (on ``/`` boundaries), page by page.
+
+    Keys ending with ``/`` (folder markers) are skipped. Raises ``JobError`` now for a
+    malformed URI, and during iteration if listing fails or nothing was listed.
+    """
+    try:
+        bucket, prefix = split_s3_prefix(uri)
+    except BadInputError as exc:
+        raise JobError(f"{_short(uri)}: {exc.message}") from None
+    if client is None:
+        from faceq.storage import S3Storage
+
+        client = S3Storage(bucket, "", endpoint_url=s3_endpoint_url).client
+    return _list_s3(client, bucket, prefix)
+
+
+def _list_s3(client, bucket: str, prefix: str) -> Iterator[Item]:
+    where = f"s3://{bucket}/{prefix}"
+    listed = 0
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                key = obj["Key"]
+                if key.endswith("/"):
+                    continue
+                listed += 1
+                yield Item(key[len(prefix):], f"s3://{bucket}/{key}")
+    except Exception as exc:  # botocore raises many unrelated types
+        raise JobError(f"cannot list {where}: {_describe(exc)}") from None
+    if listed == 0:
+        raise JobError(f"{where} holds no objects")
+
+
+# ---------------------------------------------------------------------------- manifests
+
+
+def iter_attendance_manifest(path: Path | str, allowed: AllowedSources | None,
+                             s3_endpoint_url: str | None = None) -> Iterator[LocalItem | Item]:
+    """Rows ``record_id, employee_id, image, device_id, captured_at``; one item per record."""
+    return iter_manifest(path, ATTENDANCE_COLUMNS, lambda row: row["record_id"], allowed,
+                         s3_endpoint_url=s3_endpoint_url)
+
+
+def iter_enrolment_manifest(path: Path | str, allowed: AllowedSources | None,
+                            s3_endpoint_url: str | None = None) -> Iterator[LocalItem | Item]:
+    """Rows ``employee_id, image``; an employee may have several images."""
+    return iter_manifest(path, ENROLMENT_COLUMNS, lambda row: f"{row['employee_id']}/{row['image']}", allowed,
+                         s3_endpoint_url=s3_endpoint_url)
+
+
+def iter_manifest(
+    path: Path | str,
+    required: tuple[str, ...],
+    item_id_fn: Callable[[dict[str, str]], str],
+    allowed: AllowedSources | None,
+    *,
+    non_empty: tuple[str, ...] | None = None,
+    s3_endpoint_url: str | None = None,
+) -> Iterator[LocalItem | Item]:
+    """A CSV manifest, row by row: ``image`` is a path (relative to the manifest) or a
+    ``file://`` / ``s3://`` URI; every other column (extra ones too) reaches the output.
+
+    ``path`` may be local or ``s3://bucket/key.csv``. Every image is made canonical and,
+    when ``allowed`` is given, checked against it. Anything wrong with the file — not
+    UTF-8, a wrong delimiter, missing columns, a row of the wrong width, an oversized or
+    empty required field, a malformed or forbidden image, a repeated id, no rows — raises
+    a one-line ``JobError`` that names ``path:line``. ``non_empty`` defaults to the
+    identifying columns among ``required``.
+    """
+    source = _ManifestFile(path, s3_endpoint_url)
+    must_fill = tuple(c for c in required if c in IDENTIFYING_COLUMNS) if non_empty is None else non_empty
+    return _manifest_items(source, required, must_fill, item_id_fn, allowed)
+
+
+def _manifest_items(source: "_ManifestFile", required: tuple[str, ...], non_empty: tuple[str, ...],
+                    item_id_fn: Callable[[dict[str, str]], str], allowed: AllowedSources | None
+                    ) -> Iterator[LocalItem | Item]:
+    name = source.name
+    rows = _records(source)
+    header_line, header = _header(name, rows, required)
+    seen = SeenIds()
+    count = 0
+    for line, cells in rows:
+        if not cells:
+            continue  # a blank line
+        row = _row(name, line, header, cells)
+        empty = [c for c in non_empty if not row.get(c)]
+        if empty:
+            raise JobError(f"{name}:{line}: empty {', '.join(empty)}")
+        item_id = item_id_fn(row)
+        earlier = seen.add(item_id, line)
+        if earlier is not None and _id_on_line(source, earlier, header, item_id_fn) == item_id:
+            raise JobError(f"{name}:{line}: duplicate id {_short(item_id)} (first on line {earlier})")
+        fields = {c: row[c] for c in header if c != "image"}
+        uri = _image_uri(name, line, row["image"], source, allowed)
+        count += 1
+        if uri.startswith("s3://"):
+            yield Item(item_id, uri, fields)
         else:
-            local = (path.parent / image).resolve()
-            items.append(LocalItem(record_id, local, f"{line:06d}/{local.name}", fields))
-    return items
+            real = local_path(uri)
+            yield LocalItem(item_id, real, f"{line:06d}/{real.name}", fields)
+    if count == 0:
+        raise JobError(f"{name} has a header (line {header_line}) but no rows")
 
 
-def stage(items: list[LocalItem | Item], storage: Storage, job_id: str, progress: bool = True) -> list[Item]:
-    """Give every local item a URI the workers can read, uploading when storage is remote."""
+def _header(name: str, rows: Iterator[tuple[int, list[str]]], required: tuple[str, ...]) -> tuple[int, list[str]]:
+    for line, cells in rows:
+        if not cells:
+            continue
+        header = [c.strip() for c in cells]
+        if any(len(c) > MAX_FIELD_CHARS for c in header):
+            raise JobError(f"{name}:{line}: a header cell longer than {MAX_FIELD_CHARS} characters")
+        if len(header) == 1:
+            wrong = next((d for d in _WRONG_DELIMITERS if d in header[0]), None)
+            if wrong is not None:
+                raise JobError(f"{name}:{line}: the header is one column containing {wrong!r}: "
+                               f"use commas between columns ({', '.join(required)})")
+        repeated = sorted({c for c in header if header.count(c) > 1})
+        if repeated:
+            raise JobError(f"{name}:{line}: repeated column(s) {', '.join(_short(c) for c in repeated)}")
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise JobError(f"{name}:{line}: missing column(s) {', '.join(missing)}; need {', '.join(required)}")
+        return line, header
+    raise JobError(f"{name} is empty: expected a header line ({', '.join(required)}) and rows")
+
+
+def _row(name: str, line: int, header: list[str], cells: list[str]) -> dict[str, str]:
+    if len(cells) != len(header):
+        raise JobError(f"{name}:{line}: {len(cells)} cell(s) but the header has {len(header)}")
+    if any(len(c) > MAX_FIELD_CHARS for c in cells):
+        raise JobError(f"{name}:{line}: a field longer than {MAX_FIELD_CHARS} characters")
+    return {column: cell.strip() for column, cell in zip(header, cells)}
+
+
+def _image_uri(name: str, line: int, value: str, source: "_ManifestFile", allowed: AllowedSources | None) -> str:
+    """The canonical URI of a row's image (real path for local files), refused with the line."""
+    try:
+        if source.s3_dir is not None and not is_uri(value) and not os.path.isabs(value):
+            value = source.s3_dir + value  # relative to an s3:// manifest
+        if allowed is not None:
+            return allowed.check(value, source.local_dir)
+        uri = normalise_uri(value, source.local_dir)
+        return Path(os.path.realpath(local_path(uri))).as_uri() if uri.startswith("file://") else uri
+    except BadInputError as exc:
+        if exc.code == "forbidden":
+            roots = ", ".join(allowed.roots) if allowed is not None and allowed.roots else "none configured"
+            raise JobError(f"{name}:{line}: image is outside the job's allowed sources ({roots}; "
+                           f"see FACEQ_ALLOWED_SOURCES)") from None
+        raise JobError(f"{name}:{line}: image: {exc.message}") from None
+
+
+def _id_on_line(source: "_ManifestFile", line: int, header: list[str],
+                item_id_fn: Callable[[dict[str, str]], str]) -> str | None:
+    """Re-read the id of the record starting on ``line`` (confirms a hash hit is a real repeat)."""
+    for record_line, cells in _records(source):
+        if record_line == line:
+            return item_id_fn({c: v.strip() for c, v in zip(header, cells)})
+        if record_line > line:
+            break
+    return None
+
+
+class _ManifestFile:
+    """A manifest to read (possibly twice): a local regular file or an ``s3://`` object."""
+
+    def __init__(self, path: Path | str, s3_endpoint_url: str | None):
+        text = str(path)
+        self.s3_endpoint_url = s3_endpoint_url
+        self.s3: tuple[str, str] | None = None
+        self.s3_dir: str | None = None
+        self.local_dir: Path | None = None
+        if text.startswith("s3://"):
+            try:
+                bucket, key = split_s3_prefix(text)
+            except BadInputError as exc:
+                raise JobError(f"{_short(text)}: {exc.message}") from None
+            key = key.rstrip("/")
+            if not key:
+                raise JobError(f"{_short(text)}: name the manifest object, not a bucket")
+            self.s3 = (bucket, key)
+            parent = key.rpartition("/")[0]
+            self.s3_dir = f"s3://{bucket}/{parent}/" if parent else f"s3://{bucket}/"
+            self.name = f"s3://{bucket}/{key}"
+        else:
+            self.path = Path(path)
+            self.local_dir = self.path.absolute().parent
+            self.name = str(path)
+
+    def chunks(self) -> Iterator[bytes]:
+        if self.s3 is not None:
+            yield from self._s3_chunks()
+            return
+        try:
+            fh = open_regular_file(self.path, follow_symlinks=True)
+        except BadInputError as exc:
+            raise JobError(f"cannot read manifest {self.name}: {exc.message}") from None
+        with fh:
+            try:
+                yield from iter(lambda: fh.read(_READ_BYTES), b"")
+            except OSError as exc:
+                raise JobError(f"cannot read manifest {self.name}: {exc.strerror}") from None
+
+    def _s3_chunks(self) -> Iterator[bytes]:
+        from faceq.storage import S3Storage
+
+        bucket, key = self.s3  # type: ignore[misc]
+        try:
+            body = S3Storage(bucket, "", endpoint_url=self.s3_endpoint_url).client.get_object(
+                Bucket=bucket, Key=key)["Body"]
+            try:
+                yield from body.iter_chunks(_READ_BYTES)
+            finally:
+                body.close()
+        except JobError:
+            raise
+        except Exception as exc:  # botocore raises many unrelated types
+            raise JobError(f"cannot read manifest {self.name}: {_describe(exc)}") from None
+
+
+def _records(source: _ManifestFile) -> Iterator[tuple[int, list[str]]]:
+    """(line where the record starts, cells) for each CSV record; bounded memory per record."""
+    lines = _Lines(source.name, source.chunks())
+    reader = csv.reader(lines, strict=True)
+    while True:
+        start = lines.line + 1
+        lines.start_record(start)
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            if "field limit" in str(exc):
+                raise JobError(f"{source.name}:{start}: a field longer than {MAX_FIELD_CHARS} characters") from None
+            raise JobError(f"{source.name}:{reader.line_num}: malformed CSV ({exc})") from None
+        yield start, cells
+
+
+class _Lines:
+    """Decoded text lines (ends kept) from byte chunks, numbered, each checked to be UTF-8,
+    and refused once one record spans more than ``MAX_ROW_BYTES``."""
+
+    def __init__(self, name: str, chunks: Iterable[bytes]):
+        self.name = name
+        self.line = 0
+        self.record_line = 1
+        self.record_bytes = 0
+        self._raw = self._split(iter(chunks))
+
+    def start_record(self, line: int) -> None:
+        self.record_line, self.record_bytes = line, 0
+
+    def __iter__(self) -> "_Lines":
+        return self
+
+    def __next__(self) -> str:
+        raw = next(self._raw)
+        self.line += 1
+        self.record_bytes += len(raw)
+        if self.record_bytes > MAX_ROW_BYTES:
+            raise JobError(f"{self.name}:{self.record_line}: a record longer than {MAX_ROW_BYTES} bytes "
+                           f"(a field is at most {MAX_FIELD_CHARS} characters)")
+        if self.line == 1:
+            if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+                raise JobError(f"{self.name}:1: the manifest is UTF-16; save it as UTF-8")
+            raw = raw.removeprefix(codecs.BOM_UTF8)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise JobError(f"{self.name}:{self.line}: not UTF-8 (byte 0x{raw[exc.start]:02x} at byte "
+                           f"{exc.start + 1} of the line); save the manifest as UTF-8") from None
+
+    def _split(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        pending = b""
+        for chunk in chunks:
+            pending += chunk
+            start = 0
+            while (end := pending.find(b"\n", start)) != -1:
+                yield pending[start:end + 1]
+                start = end + 1
+            pending = pending[start:]
+            if len(pending) > MAX_ROW_BYTES:
+                raise JobError(f"{self.name}:{self.line + 1}: a line longer than {MAX_ROW_BYTES} bytes "
+                               f"(a field is at most {MAX_FIELD_CHARS} characters)")
+        if pending:
+            yield pending
+
+
+# ---------------------------------------------------------------------------- staging
+
+
+def stage_batch(items: list[LocalItem | Item], storage: Storage, inputs_prefix: str, pool: Executor,
+                max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> list[Item]:
+    """Give one batch of items URIs the workers can read, in order.
+
+    With ``file://`` storage a local file keeps its (real-path) ``file://`` URI. With
+    remote storage it is uploaded under ``inputs_prefix`` (``jobs/<id>/runs/<run>/inputs/``)
+    — but only a regular file read through ``read_regular_file`` (no symlink followed,
+    nothing under /proc, /sys or /dev, at most ``max_bytes``): anything else stays a
+    ``file://`` reference that the worker turns into that item's error row.
+    """
     if storage.is_local:
-        return [i if isinstance(i, Item) else Item(i.item_id, i.path.resolve().as_uri(), i.fields) for i in items]
+        return [i if isinstance(i, Item) else Item(i.item_id, i.path.as_uri(), i.fields) for i in items]
 
     def upload(item: LocalItem | Item) -> Item:
         if isinstance(item, Item):
             return item
         try:
-            data = item.path.read_bytes()
-        except OSError:
-            # Keep the item: the worker turns the unreadable reference into an error row.
-            return Item(item.item_id, item.path.resolve().as_uri(), item.fields)
-        uri = storage.put_bytes(jobs.inputs_prefix(job_id) + item.upload_name, data)
-        return Item(item.item_id, uri, item.fields)
+            data = read_regular_file(item.path, max_bytes)
+        except BadInputError:
+            return Item(item.item_id, item.path.as_uri(), item.fields)
+        return Item(item.item_id, storage.put_bytes(inputs_prefix + item.upload_name, data), item.fields)
 
-    with ThreadPoolExecutor(16) as pool:
-        try:
-            return list(tqdm(pool.map(upload, items), total=len(items), desc="upload", unit="img", disable=not progress))
-        except StorageError as exc:
-            raise JobError(f"cannot upload inputs to {storage.url}: {exc}") from exc
+    try:
+        return list(pool.map(upload, items))
+    except StorageError as exc:
+        raise JobError(f"cannot upload inputs to {redact_url(storage.url)}: {redact_text(str(exc))}") from exc
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _short(value: str, limit: int = 80) -> str:
+    """``repr`` of a value from a manifest, cut so that a hostile one cannot flood a message."""
+    return repr(value if len(value) <= limit else value[:limit] + "…")
+
+
+def _describe(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict) and "Error" in response:
+        error = response["Error"]
+        return f"{error.get('Code', 'error')}: {error.get('Message', '')}".strip(": ")
+    return redact_text(f"{type(exc).__name__}: {exc}")
+
+
+# ---------------------------------------------------------------------------- compatibility
+
+
+def list_directory(root: Path) -> list[LocalItem]:
+    """Deprecated: ``list(iter_directory(root))`` (holds every item; use the iterator)."""
+    return list(iter_directory(root))
+
+
+def list_s3_prefix(uri: str, s3_endpoint_url: str | None) -> list[Item]:
+    """Deprecated: ``list(iter_s3_prefix(...))``."""
+    return list(iter_s3_prefix(uri, s3_endpoint_url))
+
+
+def read_attendance_manifest(path: Path, allowed: AllowedSources | None = None) -> list[LocalItem | Item]:
+    """Deprecated: ``list(iter_attendance_manifest(...))``."""
+    return list(iter_attendance_manifest(path, allowed))
+
+
+def read_enrolment_manifest(path: Path, allowed: AllowedSources | None = None) -> list[LocalItem | Item]:
+    """Deprecated: ``list(iter_enrolment_manifest(...))``."""
+    return list(iter_enrolment_manifest(path, allowed))

@@ -87,6 +87,19 @@ def start_worker(env: dict[str, str], tmp_path: Path, name: str) -> WorkerProces
     return WorkerProcess(env, tmp_path / f"{name}.log", hostname=f"{name}-{free_port()}@localhost").start()
 
 
+def job_rows(storage, job_id: str):
+    """A finished job's result rows: the parts of the run its summary names."""
+    import json
+
+    import pyarrow as pa
+
+    from faceq import jobs
+    from faceq.results import read_parquet
+
+    prefix = json.loads(storage.get_bytes(jobs.summary_key(job_id)))["outputs"]["results"]
+    return pa.concat_tables(read_parquet(storage.get_bytes(k)) for k in storage.list_keys(prefix))
+
+
 def assert_embedding_ok(embedding) -> None:
     vector = np.asarray(embedding, dtype=np.float32)
     assert vector.shape == (512,)

@@ -114,7 +114,7 @@ def test_attendance_decisions_against_the_gallery(stack, photos):
     summary = st.summary("att-1")
     assert summary["counts"]["decision"] == {"error": 1, "match": 1, "mismatch": 1, "not_enrolled": 2}
     assert summary["gallery"] == "staff@v1"
-    review = st.storage.get_bytes(jobs.review_key("att-1")).decode()
+    review = st.output("att-1", "review")
     assert "possible_impersonation" in review and "r-same" not in review
     # three chunks of two, one resident copy of the gallery on the worker
     log = st.worker.log_path.read_text()
@@ -128,7 +128,7 @@ def test_a_new_enrolment_is_a_new_version_and_old_jobs_keep_theirs(stack, photos
     before = st.storage.get_bytes("galleries/staff/v1/gallery.parquet")
     assert _enrol(stack, photos, "enrol-2")["gallery"]["version"] == 2
     assert st.storage.get_bytes("galleries/staff/v1/gallery.parquet") == before
-    report = st.storage.get_bytes(jobs.report_key("enrol-2")).decode()
+    report = st.output("enrol-2", "report")
     assert "Likely duplicate identities" in report and "e4" in report
 
 

@@ -22,7 +22,7 @@ from faceq.devstack import RedisServer, WorkerProcess
 from faceq.results import read_parquet
 from faceq.storage import Storage, open_storage
 from producer.samples import write_sample_set
-from tests.conftest import assert_embedding_ok, needs_yunet, start_worker, worker_env
+from tests.conftest import assert_embedding_ok, job_rows, needs_yunet, start_worker, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -33,17 +33,19 @@ class Stack:
     storage: Storage
     worker: WorkerProcess
 
-    def producer(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "producer", *args], env=self.env, capture_output=True, text=True, timeout=timeout
-        )
+    def producer(self, *args: str, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "producer", *args], env={**self.env, **env}, capture_output=True,
+                              text=True, timeout=timeout)
 
     def rows(self, job_id: str) -> pa.Table:
-        keys = list(self.storage.list_keys(jobs.results_prefix(job_id)))
-        return pa.concat_tables(read_parquet(self.storage.get_bytes(k)) for k in keys)
+        return job_rows(self.storage, job_id)
 
     def summary(self, job_id: str) -> dict:
         return json.loads(self.storage.get_bytes(jobs.summary_key(job_id)))
+
+    def output(self, job_id: str, name: str) -> str:
+        """A finished job's ``review`` or ``report`` as text."""
+        return self.storage.get_bytes(self.summary(job_id)["outputs"][name]).decode("utf-8-sig")
 
 
 def _stack(tmp: Path, storage_url: str, s3_endpoint: str | None, name: str, **extra: str):
@@ -91,7 +93,7 @@ def _check_audit(stack: Stack, job_id: str, expected: dict[str, str]) -> pa.Tabl
     summary = stack.summary(job_id)
     assert summary["n_rows"] == len(expected)
     assert summary["counts"]["status"]["error"] == sum(v != "ok" for v in expected.values())
-    assert stack.storage.exists(jobs.review_key(job_id))
+    assert stack.storage.exists(summary["outputs"]["review"])
     return rows
 
 
@@ -102,7 +104,8 @@ def test_audit_of_a_local_directory_through_s3(s3_stack, samples):
     assert "job e2e-s3 done: 106 rows for 106 items" in done.stdout
     rows = _check_audit(s3_stack, "e2e-s3", expected)
     # the workers read uploaded copies, not the producer's disk
-    assert all(uri.startswith("s3://faceq-e2e/faceq/jobs/e2e-s3/inputs/") for uri in rows.column("source_uri").to_pylist())
+    inputs = f"s3://faceq-e2e/faceq/jobs/e2e-s3/runs/{s3_stack.summary('e2e-s3')['run_id']}/inputs/"
+    assert all(uri.startswith(inputs) for uri in rows.column("source_uri").to_pylist())
     assert s3_stack.worker.alive() and s3_stack.worker.hostname in s3_stack.worker.ping()
 
 
@@ -136,6 +139,8 @@ def test_rerunning_a_job_id_replaces_its_rows(file_stack, samples):
                                  "--wait", "--no-progress")
     assert second.returncode == 0, second.stderr
     rows = file_stack.rows("e2e-rerun")
+    runs = file_stack.storage.list_children(jobs.runs_prefix("e2e-rerun"))
+    assert runs == [file_stack.summary("e2e-rerun")["run_id"]]  # the first run was deleted once replaced
     assert rows.num_rows == len(expected)
     assert len(set(rows.column("item_id").to_pylist())) == len(expected)
     assert file_stack.summary("e2e-rerun")["n_chunks"] == 3
@@ -152,7 +157,10 @@ def test_attendance_manifest_carries_its_columns_into_the_output(file_stack, sam
             writer.writerow([f"r{i}", f"emp{i % 3}", str(root / name), f"gate-{i % 2}", f"2026-11-24T08:0{i}:00Z"])
         writer.writerow(["r-trunc", "emp9", str(root / "broken/truncated.jpg"), "gate-0", "2026-11-24T09:00:00Z"])
         writer.writerow(["r-missing", "emp9", "no/such/photo.jpg", "gate-1", "2026-11-24T09:01:00Z"])
-    done = file_stack.producer("attendance", str(manifest), "--job-id", "e2e-att", "--mode", "crop", "--wait", "--no-progress")
+    outside = file_stack.producer("attendance", str(manifest), "--job-id", "e2e-att-outside", "--no-progress")
+    assert outside.returncode == 1 and "checkins.csv:2: image is outside the job's allowed sources" in outside.stderr
+    done = file_stack.producer("attendance", str(manifest), "--job-id", "e2e-att", "--mode", "crop", "--wait",
+                               "--no-progress", FACEQ_ALLOWED_SOURCES=root.as_uri())
     assert done.returncode == 0, done.stderr
     rows = {r["item_id"]: r for r in file_stack.rows("e2e-att").to_pylist()}
     assert set(rows) == {f"r{i}" for i in range(6)} | {"r-trunc", "r-missing"}
@@ -162,7 +170,7 @@ def test_attendance_manifest_carries_its_columns_into_the_output(file_stack, sam
     assert_embedding_ok(rows["r3"]["embedding"])
     assert rows["r-trunc"]["error"].startswith("truncated: ")
     assert rows["r-missing"]["error"].startswith("unreadable: ") and rows["r-missing"]["needs_review"]
-    review = file_stack.storage.get_bytes(jobs.review_key("e2e-att")).decode()
+    review = file_stack.output("e2e-att", "review")
     assert "r-missing" in review and "emp9" in review
 
 
@@ -178,10 +186,11 @@ def test_status_and_wait_commands(file_stack, samples):
     assert status.returncode == 0
     report = json.loads(status.stdout)
     assert report["state"] == "done" and report["items_done"] == 6 and report["summary"]["n_rows"] == 6
-    assert file_stack.storage.exists(jobs.review_key("e2e-status"))
-    assert not file_stack.storage.exists(jobs.report_key("e2e-status"))  # --no-report
+    outputs = report["summary"]["outputs"]
+    assert file_stack.storage.exists(outputs["review"])
+    assert not file_stack.storage.exists(outputs["report"])  # --no-report
     unknown = file_stack.producer("status", "no-such-job")
-    assert unknown.returncode == 2 and "no job 'no-such-job'" in unknown.stderr
+    assert unknown.returncode == 1 and "no job 'no-such-job'" in unknown.stderr
 
 
 def test_a_job_that_cannot_complete_fails_wait_with_the_reason(tmp_path_factory, s3_endpoint, s3_client, samples):
@@ -190,8 +199,7 @@ def test_a_job_that_cannot_complete_fails_wait_with_the_reason(tmp_path_factory,
     s3_client.create_bucket(Bucket="faceq-producer-side")
     tmp = tmp_path_factory.mktemp("broken-stack")
     with RedisServer(tmp / "redis") as redis_server:
-        worker_side = worker_env(redis_server.url, "s3://no-such-bucket/faceq", s3_endpoint,
-                                 FACEQ_CHUNK_MAX_RETRIES="0")
+        worker_side = worker_env(redis_server.url, "s3://no-such-bucket/faceq", s3_endpoint)
         worker = start_worker(worker_side, tmp, "misconfigured-worker")
         try:
             producer_side = Stack(worker_env(redis_server.url, "s3://faceq-producer-side/faceq", s3_endpoint),
@@ -199,7 +207,7 @@ def test_a_job_that_cannot_complete_fails_wait_with_the_reason(tmp_path_factory,
             done = producer_side.producer("audit", str(root / "broken"), "--job-id", "e2e-doomed", "--mode", "crop",
                                           "--wait", "--no-progress", "--timeout", "120")
             assert done.returncode == 1
-            assert "job e2e-doomed cannot complete: 1 of 1 chunk(s) failed" in done.stderr
+            assert "job e2e-doomed cannot complete: 1 failure(s) (chunk 0: StorageError" in done.stderr
             assert "no-such-bucket" in done.stderr or "NoSuchBucket" in done.stderr
             assert worker.alive()
         finally:

@@ -4,12 +4,13 @@ import csv
 import io
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
 
 from faceq import jobs
-from faceq.jobs import Item, JobManifest
+from faceq.jobs import Item, JobHeader
 from faceq.ledger import ChunkRecord, Ledger
 from faceq.results import read_parquet
 from faceq.settings import Settings
@@ -20,6 +21,7 @@ from faceq.errors import ModelError
 from models.detect import FaceDetector
 from tests.conftest import YUNET, assert_embedding_ok, needs_yunet
 from workers.engine import Engine
+from producer.submit import JobOptions, write_plan
 from workers.service import ChunkProcessor, FinalizeOutcome, finalize_job
 
 
@@ -38,18 +40,30 @@ def setup(tmp_path, redis_server, engine):
     items = [Item(name, (samples / name).as_uri(), {"device_id": name.split("/")[1]}) for name in sorted(expected)]
     items.append(Item("gone.jpg", (samples / "gone.jpg").as_uri(), {"device_id": "x"}))
     expected["gone.jpg"] = "unreadable"
-    manifest = JobManifest(
-        job_id=f"svc-{tmp_path.name}", run_id="run1", kind="audit", mode="crop", source=str(samples),
-        created_at="2026-11-24T00:00:00+00:00", chunk_size=8, items=tuple(items),
-    )
-    storage.put_bytes(jobs.manifest_key(manifest.job_id), manifest.to_json())
-    ledger.start(manifest.job_id, manifest.run_id, "audit", manifest.n_chunks, len(items))
-    yield storage, ledger, processor, manifest, expected
+    header = write_plan(Settings(), storage, items=items, source=str(samples), job_id=f"svc-{tmp_path.name}",
+                        options=JobOptions("audit", chunk_size=8), allowed_sources=(samples.as_uri(),))
+    ledger.start(header.job_id, header.run_id, "audit", header.n_chunks, header.n_items)
+    yield storage, ledger, processor, Plan(header, items), expected
     processor.close()
 
 
+class Plan:
+    """A planned run and its items, as the tests see it."""
+
+    def __init__(self, header: JobHeader, items: list[Item]):
+        self.header, self.items = header, items
+        self.job_id, self.run_id = header.job_id, header.run_id
+
+    def chunks(self):
+        return [self.header.chunk(i) for i in range(self.header.n_chunks)]
+
+    def chunk_items(self, ref):
+        return self.items[ref.index * self.header.chunk_size:(ref.index + 1) * self.header.chunk_size]
+
+
 def _rows(storage, manifest):
-    tables = [read_parquet(storage.get_bytes(jobs.part_key(manifest.job_id, c.index))) for c in manifest.chunks()]
+    tables = [read_parquet(storage.get_bytes(jobs.part_key(manifest.job_id, manifest.run_id, c.index)))
+              for c in manifest.chunks()]
     return [row for table in tables for row in table.to_pylist()]
 
 
@@ -59,11 +73,11 @@ def test_every_item_gets_exactly_one_row_and_bad_items_become_error_rows(setup):
     assert [o.record for o in outcomes] == [ChunkRecord.PENDING] * (len(outcomes) - 1) + [ChunkRecord.COMPLETE]
     rows = _rows(storage, manifest)
     assert [r["item_id"] for r in rows] == [i.item_id for i in manifest.items]
+    devices = {i.item_id: i.fields["device_id"] for i in manifest.items}
     for row in rows:
         want = expected[row["item_id"]]
-        assert row["model_id"] == "rts-ir_se_tiny-random-seed2"
-        assert row["device_id"] == manifest.items[[i.item_id for i in manifest.items].index(row["item_id"])].fields[
-            "device_id"]
+        assert row["model_id"] == "rts-ir_se_tiny-random-seed2" and row["job_id"] == manifest.job_id
+        assert row["device_id"] == devices[row["item_id"]]
         if want == "ok":
             assert row["status"] == "ok" and row["error"] is None and row["face_count"] == 1
             assert_embedding_ok(row["embedding"])
@@ -77,17 +91,19 @@ def test_every_item_gets_exactly_one_row_and_bad_items_become_error_rows(setup):
 def test_a_redelivered_chunk_overwrites_its_part(setup):
     storage, ledger, processor, manifest, _ = setup
     chunk = manifest.chunks()[0]
-    processor.process(chunk)
-    processor.process(chunk)
-    assert list(storage.list_keys(jobs.results_prefix(manifest.job_id))) == [jobs.part_key(manifest.job_id, 0)]
-    assert ledger.progress(manifest.job_id).items_done == len(chunk.items)
+    first = processor.process(chunk)
+    again = processor.process(chunk)
+    assert not first.skipped and again.skipped  # recorded once: not recomputed
+    assert list(storage.list_keys(jobs.results_prefix(manifest.job_id, manifest.run_id))) == [
+        jobs.part_key(manifest.job_id, manifest.run_id, 0)]
+    assert ledger.progress(manifest.job_id).items_done == len(manifest.chunk_items(chunk))
 
 
 def test_a_chunk_of_an_earlier_run_is_dropped(setup):
     storage, ledger, processor, manifest, _ = setup
-    ledger.start(manifest.job_id, "run2", "audit", manifest.n_chunks, len(manifest.items))
+    ledger.start(manifest.job_id, "run2", "audit", manifest.header.n_chunks, len(manifest.items))
     assert processor.process(manifest.chunks()[0]).record is ChunkRecord.STALE
-    assert not storage.exists(jobs.part_key(manifest.job_id, 0))
+    assert not storage.exists(jobs.part_key(manifest.job_id, manifest.run_id, 0))
 
 
 def test_summary_and_review_are_written_once_by_concurrent_finalizers(setup):
@@ -116,7 +132,8 @@ def test_summary_and_review_are_written_once_by_concurrent_finalizers(setup):
     assert summary["counts"]["status"] == {"error": n_bad, "ok": len(expected) - n_bad}
     assert summary["counts"]["review_reasons"]["error"] == n_bad
     assert sum(summary["quality"]["histogram"]["counts"]) == len(expected) - n_bad
-    review = list(csv.DictReader(io.StringIO(storage.get_bytes(jobs.review_key(manifest.job_id)).decode())))
+    review = list(csv.DictReader(io.StringIO(
+        storage.get_bytes(jobs.review_key(manifest.job_id, manifest.run_id)).decode("utf-8-sig"))))
     assert {r["item_id"] for r in review} == {k for k, v in expected.items() if v != "ok"}
     assert all(r["device_id"] for r in review)
 
@@ -128,9 +145,11 @@ def _detect_chunk(tmp_path, all_faces: bool):
     write_photos(photos)
     (photos / "empty.jpg").write_bytes(b"")
     names = ["portrait.png", "cat.jpg", "two-people.png", "empty.jpg"]
-    items = tuple(Item(n, (photos / n).as_uri()) for n in names)
-    return jobs.ChunkSpec(job_id=f"det-{tmp_path.name}", run_id="r", kind="audit", index=0, mode="detect",
-                          items=items, all_faces=all_faces)
+    items = [Item(n, (photos / n).as_uri()) for n in names]
+    header = JobHeader(job_id=f"det-{tmp_path.name}", run_id="r", kind="audit", mode="detect", source=str(photos),
+                       created_at="2026-11-24T00:00:00+00:00", chunk_size=8, n_items=len(items),
+                       allowed_sources=(photos.as_uri(),), all_faces=all_faces)
+    return header, items
 
 
 @needs_yunet
@@ -139,7 +158,7 @@ def test_detect_mode_rows_for_faces_no_faces_and_errors(tmp_path, redis_server, 
     storage = open_storage((tmp_path / "store").as_uri())
     processor = ChunkProcessor(Settings(io_threads=2), storage, Ledger.from_url(redis_server.url), engine, "w",
                                detector=FaceDetector(str(YUNET)))
-    rows = processor.rows(_detect_chunk(tmp_path, all_faces))
+    rows = processor.rows(*_detect_chunk(tmp_path, all_faces))
     processor.close()
     got = [(r.item_id, r.status, r.face_count, r.face_index, r.review_reasons) for r in rows]
     two = [("two-people.png", "ok", 2, 0, rows[2].review_reasons)]
@@ -163,7 +182,7 @@ def test_a_detect_job_on_a_worker_without_detector_fails_with_the_reason(tmp_pat
     storage = open_storage((tmp_path / "store").as_uri())
     processor = ChunkProcessor(Settings(), storage, Ledger.from_url(redis_server.url), engine, "w", detector=None)
     with pytest.raises(ModelError, match="has no detector.*face_detection_yunet"):
-        processor.rows(_detect_chunk(tmp_path, all_faces=False))
+        processor.rows(*_detect_chunk(tmp_path, all_faces=False))
     processor.close()
 
 
@@ -173,11 +192,12 @@ def test_chunks_sharing_the_batcher_get_the_same_numbers_as_alone(setup, engine)
     from workers.batcher import MicroBatcher
 
     storage, ledger, processor, manifest, _ = setup
-    alone = {r.item_id: r for chunk in manifest.chunks() for r in processor.rows(chunk)}
+    chunks = [manifest.chunk_items(c) for c in manifest.chunks()]
+    alone = {r.item_id: r for items in chunks for r in processor.rows(manifest.header, items)}
     batcher = MicroBatcher(engine.infer, max_batch=8, max_delay_ms=20)
     shared = ChunkProcessor(Settings(io_threads=4), storage, ledger, engine, "w", batcher=batcher)
-    with ThreadPoolExecutor(len(manifest.chunks())) as pool:
-        together = [r for rows in pool.map(shared.rows, manifest.chunks()) for r in rows]
+    with ThreadPoolExecutor(len(chunks)) as pool:
+        together = [r for rows in pool.map(lambda items: shared.rows(manifest.header, items), chunks) for r in rows]
     shared.close()
     batcher.close()
     assert batcher.stats.images == sum(r.status == "ok" for r in together)
@@ -198,10 +218,83 @@ def test_a_gallery_of_another_model_is_refused_with_both_model_ids(tmp_path, red
     samples = tmp_path / "samples"
     write_sample_set(samples, n_good=1)
     item = Item("r1", (samples / "faces/cam0/face-0000.jpg").as_uri(), {"employee_id": "e1"})
-    spec = jobs.ChunkSpec(job_id="j", run_id="r", kind="attendance", index=0, mode="crop", items=(item,),
-                          gallery="staff", gallery_version=1)
+    header = JobHeader(job_id="j", run_id="r", kind="attendance", mode="crop", source=str(samples),
+                       created_at="2026-11-24T00:00:00+00:00", chunk_size=8, n_items=1, columns=("employee_id",),
+                       allowed_sources=(samples.as_uri(),), gallery="staff", gallery_version=1)
     processor = ChunkProcessor(Settings(), storage, Ledger.from_url(redis_server.url), engine, "w")
     with pytest.raises(ModelError, match=r"staff@v1 was enrolled with model rts-ir_se_64-sha256:0123 but this "
                                          r"worker runs rts-ir_se_tiny-random-seed2"):
-        processor.rows(spec)
+        processor.rows(header, [item])
     processor.close()
+
+
+def test_a_chunk_started_too_often_is_given_up_with_the_reason(setup):
+    from workers.service import GaveUp
+
+    storage, ledger, processor, manifest, _ = setup
+    chunk = manifest.chunks()[0]
+    for _ in range(processor.settings.max_deliveries):  # the worker died each time
+        ledger.count_delivery(manifest.job_id, chunk.index)
+    with pytest.raises(GaveUp, match="started 5 times without finishing"):
+        processor.process(chunk)
+    assert not storage.exists(jobs.part_key(manifest.job_id, manifest.run_id, chunk.index))
+
+
+def test_hostile_references_become_error_rows_that_reveal_nothing(tmp_path, redis_server, engine):
+    import os
+
+    samples = tmp_path / "samples"
+    write_sample_set(samples, n_good=1)
+    good = samples / "faces/cam0/face-0000.jpg"
+    (samples / "passwd_link.jpg").symlink_to("/etc/passwd")
+    (samples / "environ_link.jpg").symlink_to("/proc/self/environ")
+    os.mkfifo(samples / "pipe.jpg")
+    references = {
+        "good": good.as_uri(),
+        "outside": "file:///etc/passwd",
+        "traversal": (samples / "../../../../etc/passwd").as_uri(),
+        "link-out": (samples / "passwd_link.jpg").as_uri(),
+        "environ": (samples / "environ_link.jpg").as_uri(),
+        "device": "file:///dev/zero",
+        "other-bucket": "s3://some-other-bucket/secret.jpg",
+        "fifo": (samples / "pipe.jpg").as_uri(),
+        "http": "http://example.com/x.jpg",
+    }
+    items = [Item(name, uri) for name, uri in references.items()]
+    header = JobHeader(job_id="hostile", run_id="r", kind="audit", mode="crop", source=str(samples),
+                       created_at="2026-11-24T00:00:00+00:00", chunk_size=16, n_items=len(items),
+                       allowed_sources=(samples.as_uri(),))
+    storage = open_storage((tmp_path / "store").as_uri())
+    processor = ChunkProcessor(Settings(io_threads=4), storage, Ledger.from_url(redis_server.url), engine, "w")
+    rows = {row.item_id: row for row in processor.rows(header, items)}
+    processor.close()
+    assert rows["good"].status == "ok"
+    codes = {name: row.error.split(":")[0] for name, row in rows.items() if name != "good"}
+    assert codes == {"outside": "forbidden", "traversal": "forbidden", "link-out": "forbidden",
+                     "environ": "forbidden", "device": "forbidden", "other-bucket": "forbidden",
+                     "fifo": "not_a_regular_file", "http": "bad_uri"}
+    for name in ("outside", "other-bucket", "link-out"):  # the same words whether or not the target exists
+        assert rows[name].error == rows["traversal"].error
+
+
+def test_decodes_wait_for_the_pixel_budget():
+    from workers.pixel_budget import PixelBudget
+
+    budget = PixelBudget(100)
+    order = []
+
+    def decode(name, pixels):
+        with budget.hold(pixels):
+            order.append(f"start {name}")
+            time.sleep(0.05)
+            order.append(f"end {name}")
+
+    threads = [threading.Thread(target=decode, args=(n, 80)) for n in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert order[1].startswith("end")  # the second 80-pixel image waited for the first
+    assert budget.available == 100
+    with budget.hold(10_000):  # larger than the whole budget: waits for all of it, never forever
+        assert budget.available == 0

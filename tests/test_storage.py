@@ -33,8 +33,37 @@ def test_put_get_overwrite_list_and_delete(storage):
 
 
 def test_reading_a_missing_object_is_a_storage_error(storage):
-    with pytest.raises(StorageError, match="cannot read|no such file"):
+    with pytest.raises(StorageError, match="cannot read|no such object") as raised:
         storage.get_bytes("jobs/none/manifest.json")
+    assert not raised.value.transient  # a missing object is not retried
+
+
+def test_an_unreachable_store_is_retried_for_the_window_then_fails_as_transient():
+    import time
+
+    from faceq.devstack import free_port
+
+    storage = open_storage("s3://bucket/prefix", f"http://127.0.0.1:{free_port()}", retry_seconds=1.5)
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="cannot write") as raised:
+        storage.put_bytes("jobs/x/summary.json", b"{}")
+    assert raised.value.transient and 1.5 <= time.monotonic() - started < 20
+
+
+def test_runs_are_listed_as_folders_and_deleted_whole(storage):
+    for run in ("r1", "r2"):
+        storage.put_bytes(f"jobs/j/runs/{run}/results/part-00000.parquet", b"x")
+    assert storage.list_children("jobs/j/runs/") == ["r1", "r2"]
+    assert storage.delete_prefix("jobs/j/runs/r1/") == 1
+    assert storage.list_children("jobs/j/runs/") == ["r2"]
+
+
+def test_a_relative_or_one_slash_storage_url_is_refused():
+    from faceq.errors import ConfigError
+
+    for url in ("file:/data/x", "store", "http://host/x"):
+        with pytest.raises(ConfigError, match="FACEQ_STORAGE_URL"):
+            open_storage(url)
 
 
 def test_s3_keys_live_under_the_configured_prefix(s3_endpoint, s3_client, bucket):
@@ -59,5 +88,5 @@ def test_file_keys_cannot_escape_the_root(tmp_path):
 
 
 def test_unknown_schemes_are_refused():
-    with pytest.raises(ConfigError, match="use file:///abs/path or s3://bucket/prefix"):
+    with pytest.raises(ConfigError, match="use file:///abs/path, an absolute path or s3://bucket/prefix"):
         open_storage("gs://bucket/prefix")

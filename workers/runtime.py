@@ -12,16 +12,18 @@ import socket
 import threading
 from dataclasses import dataclass
 
+from celeryconfig import VISIBILITY_TIMEOUT
 from faceq import report
 from faceq.errors import ModelError
 from faceq.ledger import Ledger
 from faceq.settings import Settings
-from faceq.storage import Storage, open_storage
+from faceq.storage import Storage
 from models.detect import YUNET_HELP, FaceDetector
 from models.weights import load_model
 from workers.batcher import MicroBatcher
 from workers.engine import Engine
 from workers.health import Heartbeat
+from workers.leases import LeaseKeeper
 from workers.service import ChunkProcessor
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ class Runtime:
     processor: ChunkProcessor
     batcher: MicroBatcher | None
     heartbeat: Heartbeat
+    leases: LeaseKeeper
 
 
 _runtime: Runtime | None = None
@@ -43,8 +46,8 @@ _lock = threading.Lock()
 
 
 def build_runtime(settings: Settings, worker_name: str | None = None) -> Runtime:
-    storage = open_storage(settings.storage_url, settings.s3_endpoint_url)
-    ledger = Ledger.from_url(settings.broker_url)
+    storage = settings.open_storage()
+    ledger = settings.open_ledger()
     loaded = load_model(settings.model_weights, settings.model_arch, settings.model_seed, settings.s3_endpoint_url)
     engine = Engine(loaded, settings.device, settings.precision, settings.max_batch)
     detector = None
@@ -57,9 +60,10 @@ def build_runtime(settings: Settings, worker_name: str | None = None) -> Runtime
     processor = ChunkProcessor(settings, storage, ledger, engine, name, detector, batcher)
     report.warm_up()
     heartbeat = Heartbeat(ledger.redis, name, settings, engine, batcher).start()
+    leases = LeaseKeeper(ledger.redis, interval=max(1.0, VISIBILITY_TIMEOUT / 3)).start()
     log.info("faceq worker ready: device=%s modes=%s micro-batching=%s storage=%s model_id=%s", engine.device,
              ",".join(settings.modes), "on" if batcher else "off", storage.url, engine.model_id)
-    return Runtime(settings, storage, ledger, engine, processor, batcher, heartbeat)
+    return Runtime(settings, storage, ledger, engine, processor, batcher, heartbeat, leases)
 
 
 def shutdown_runtime() -> None:
@@ -68,6 +72,7 @@ def shutdown_runtime() -> None:
     with _lock:
         if _runtime is not None:
             _runtime.heartbeat.stop()
+            _runtime.leases.stop()
             if _runtime.batcher is not None:
                 _runtime.batcher.close()
             _runtime.processor.close()

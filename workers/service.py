@@ -1,16 +1,24 @@
 """Chunk processing and job finalization as plain Python services (no Celery here).
 
-``ChunkProcessor.process`` turns one chunk of item references into one Parquet object:
-fetch + decode + crop in a thread pool (I/O and Pillow/OpenCV release the GIL), one pass of
-the good crops through the engine, and an ``error`` row for every item that failed — a bad
-item never fails its chunk.
+``ChunkProcessor.process`` turns one chunk reference into one Parquet part: it reads the
+chunk's manifest from storage, fetches + decodes + crops in a thread pool (I/O and
+Pillow/OpenCV release the GIL), passes the good crops through the engine, and writes an
+``error`` row for every item that failed — a bad item never fails its chunk.
+
+Faults it rides out: storage outages (retried for ``storage_retry_seconds`` with the rows
+kept in memory), Redis outages (``redis_retry_seconds``), redeliveries (a recorded chunk is
+skipped; a part is rewritten under the same name), poison chunks (recorded as failed after
+``max_deliveries`` starts) and items that never finish reading (``item_timeout_seconds``).
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
@@ -18,30 +26,34 @@ from enum import Enum
 import numpy as np
 
 from faceq import jobs
+from faceq.allow import AllowedSources
 from faceq.errors import BadInputError, ModelError, StorageError
-from faceq.jobs import ChunkSpec, Item, JobManifest
+from faceq.gallery import GalleryStore
+from faceq.jobs import ChunkRef, Item, JobHeader
 from faceq.ledger import ChunkRecord, Ledger
-from faceq.results import ItemResult, to_parquet, to_table
+from faceq.manifest import read_chunk_manifest
+from faceq.results import ItemResult, chunk_part_bytes
+from faceq.retry import redis_retry
 from faceq.settings import Settings, TrustThresholds
 from faceq.storage import Storage
 from faceq.summary import finalize
-from faceq.gallery import GalleryStore
 from models.decisions import review_reasons, verify
 from models.detect import YUNET_HELP, FaceDetector
-from models.preprocess import PreparedImage, crop_face, decode_image, detect_faces
+from models.preprocess import PreparedImage, crop_face, decode_image, detect_faces, image_size
 from workers.batcher import MicroBatcher
 from workers.engine import Engine
 from workers.galleries import GalleryCache
+from workers.pixel_budget import PixelBudget
 
 log = logging.getLogger(__name__)
 
-FINALIZE_LEASE_SECONDS = 300
+FINALIZE_LEASE_SECONDS = 30  # renewed every third of this while finalize runs
 
 
 class FinalizeOutcome(Enum):
     WRITTEN = "written"
     ALREADY_DONE = "already_done"
-    BUSY = "busy"  # another worker holds the lease (or died holding it): try again later
+    BUSY = "busy"  # another live worker holds the lease: it will write the summary
     STALE = "stale"
 
 
@@ -52,6 +64,36 @@ class ChunkOutcome:
     n_errors: int
     n_flagged: int
     seconds: float
+    skipped: bool = False  # already recorded by an earlier delivery: nothing was recomputed
+
+
+class GaveUp(Exception):
+    """A chunk that must not be tried again (poison chunk); the message says why."""
+
+
+class HeaderCache:
+    """Job headers read from storage, a few runs at a time (every chunk of a run shares one)."""
+
+    def __init__(self, storage: Storage, capacity: int = 64):
+        self.storage = storage
+        self.capacity = capacity
+        self._headers: OrderedDict[tuple[str, str], JobHeader] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, job_id: str, run_id: str) -> JobHeader:
+        key = (job_id, run_id)
+        with self._lock:
+            if key in self._headers:
+                self._headers.move_to_end(key)
+                return self._headers[key]
+        header = JobHeader.from_json(self.storage.get_bytes(jobs.header_key(job_id, run_id)))
+        if (header.job_id, header.run_id) != key:
+            raise GaveUp(f"the header at {jobs.header_key(job_id, run_id)} names another job or run")
+        with self._lock:
+            self._headers[key] = header
+            while len(self._headers) > self.capacity:
+                self._headers.popitem(last=False)
+        return header
 
 
 class ChunkProcessor:
@@ -67,38 +109,66 @@ class ChunkProcessor:
         # with a batcher, this chunk's crops share device batches with other tasks' crops
         self._infer = batcher.infer if batcher is not None else engine.infer
         self.galleries = galleries or GalleryCache(GalleryStore(storage), engine.device)
+        self.headers = HeaderCache(storage)
+        self.pixels = PixelBudget(settings.decode_pixel_budget)
         self._io = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="faceq-io")
+        self._io_lock = threading.Lock()
 
     def close(self) -> None:
-        self._io.shutdown(wait=True)
+        self._io.shutdown(wait=False, cancel_futures=True)
 
-    def _prepare(self, item: Item, mode: str) -> PreparedImage | BadInputError:
+    def allowed_sources(self, header: JobHeader) -> AllowedSources:
+        """What this job may read: the worker's configured roots, the storage root and the job's
+        own sources as recorded in its header (which only a holder of storage credentials writes)."""
+        return AllowedSources.parse("", (*self.settings.allowed_sources, self.storage.url, *header.allowed_sources))
+
+    def _prepare(self, item: Item, mode: str, allowed: AllowedSources) -> PreparedImage | BadInputError:
         try:
-            data = self.storage.read_uri(item.source_uri)
-        except StorageError as exc:
-            return BadInputError("unreadable", str(exc))
-        try:
-            image = decode_image(data, self.settings.max_image_bytes, self.settings.max_image_pixels)
-            if mode == "detect":
-                return detect_faces(image, self.detector, self.settings.min_face)
-            return crop_face(image)
+            uri = allowed.check(item.source_uri)
+            data = self.storage.read_uri(uri, self.settings.max_image_bytes)
+            with self.pixels.hold(image_size(data)):
+                image = decode_image(data, self.settings.max_image_bytes, self.settings.max_image_pixels)
+                if mode == "detect":
+                    return detect_faces(image, self.detector, self.settings.min_face)
+                return crop_face(image)
         except BadInputError as exc:
             return exc
+        except StorageError as exc:
+            if exc.transient:  # the store is down: retry the chunk later rather than write error rows
+                raise
+            return BadInputError("unreadable", str(exc))
         except Exception as exc:  # a decoder bug on one file must not cost the chunk
             log.exception("unexpected error preparing %s", item.source_uri)
             return BadInputError("internal", f"{type(exc).__name__}: {exc}")
 
-    def rows(self, spec: ChunkSpec) -> list[ItemResult]:
+    def _prepare_all(self, items: list[Item], mode: str, allowed: AllowedSources) -> list[PreparedImage | BadInputError]:
+        """Every item prepared, or an error row for one that did not finish within the timeout."""
+        with self._io_lock:
+            pool = self._io
+        futures = [pool.submit(self._prepare, item, mode, allowed) for item in items]
+        _, not_done = wait(futures, timeout=self.settings.item_timeout_seconds)
+        if not_done:
+            # the stuck threads cannot be interrupted: give later chunks a fresh pool
+            log.error("%d item(s) did not finish reading within %.0fs; replacing the I/O pool",
+                      len(not_done), self.settings.item_timeout_seconds)
+            with self._io_lock:
+                if self._io is pool:
+                    self._io = ThreadPoolExecutor(self.settings.io_threads, thread_name_prefix="faceq-io")
+                pool.shutdown(wait=False, cancel_futures=True)
+        timeout = BadInputError("timeout", f"not read and decoded within {self.settings.item_timeout_seconds:.0f}s")
+        return [timeout if f in not_done else f.result() for f in futures]
+
+    def rows(self, header: JobHeader, items: list[Item]) -> list[ItemResult]:
         """Rows in item order: one per item (its largest face, ``no_face`` or ``error``), or
         one per usable face with ``all_faces``."""
-        if spec.mode == "detect" and self.detector is None:
-            raise ModelError(f"job {spec.job_id} asks for detect mode but this worker has no detector. {YUNET_HELP}")
-        prepared = list(self._io.map(lambda item: self._prepare(item, spec.mode), spec.items))
+        if header.mode == "detect" and self.detector is None:
+            raise ModelError(f"job {header.job_id} asks for detect mode but this worker has no detector. {YUNET_HELP}")
+        prepared = self._prepare_all(items, header.mode, self.allowed_sources(header))
         faces = [  # (item index, face crop) for every face that goes through the model
             (i, face)
             for i, outcome in enumerate(prepared)
             if isinstance(outcome, PreparedImage)
-            for face in outcome.faces[: None if spec.all_faces else 1]
+            for face in outcome.faces[: None if header.all_faces else 1]
         ]
         embeddings, quality = (None, None)
         if faces:
@@ -108,7 +178,7 @@ class ChunkProcessor:
             faces_of_item.setdefault(i, []).append(position)
         now = datetime.now(timezone.utc)
         rows = []
-        for i, (item, outcome) in enumerate(zip(spec.items, prepared)):
+        for i, (item, outcome) in enumerate(zip(items, prepared)):
             base = dict(item_id=item.item_id, source_uri=item.source_uri, model_id=self.engine.model_id,
                         processed_at=now, fields=item.fields)
             if isinstance(outcome, BadInputError):
@@ -126,13 +196,13 @@ class ChunkProcessor:
                 row.review_reasons = review_reasons(row.status, row.quality, row.face_count, self.settings.thresholds)
                 row.needs_review = bool(row.review_reasons)
             rows.extend(item_rows)
-        if spec.gallery:
-            self._verify(spec, rows)
+        if header.verifies:
+            self._verify(header, rows)
         return rows
 
-    def _verify(self, spec: ChunkSpec, rows: list[ItemResult]) -> None:
+    def _verify(self, header: JobHeader, rows: list[ItemResult]) -> None:
         """Attendance: 1:1 decision against the claimed employee, best 1:N candidates."""
-        gallery = self.galleries.get(spec.gallery, spec.gallery_version)
+        gallery = self.galleries.get(header.gallery, header.gallery_version)
         if gallery.gallery.model_id != self.engine.model_id:
             raise ModelError(
                 f"gallery {gallery.gallery.ref} was enrolled with model {gallery.gallery.model_id} but this worker "
@@ -141,7 +211,7 @@ class ChunkProcessor:
             )
         ok = [row for row in rows if row.status == "ok"]
         matches = gallery.match(np.stack([r.embedding for r in ok]), [r.fields.get("employee_id") for r in ok],
-                                spec.top_k) if ok else None
+                                header.top_k) if ok else None
         position = {id(row): k for k, row in enumerate(ok)}
         for row in rows:
             row.gallery = gallery.gallery.ref
@@ -152,7 +222,7 @@ class ChunkProcessor:
                 row.similarity = None if np.isnan(similarity) else similarity
                 row.best_candidate_id = matches.top_ids[k][0]
                 row.best_candidate_score = float(matches.top_scores[k][0])
-                if spec.top_k:
+                if header.top_k:
                     row.top_k_ids = matches.top_ids[k]
                     row.top_k_scores = matches.top_scores[k].tolist()
             verdict = verify(row.status, row.quality, row.similarity, enrolled, self.settings.thresholds)
@@ -160,58 +230,108 @@ class ChunkProcessor:
             row.review_reasons = list(verdict.reasons)
             row.needs_review = verdict.needs_review
 
-    def process(self, spec: ChunkSpec) -> ChunkOutcome:
+    def _redis(self, call, what: str):
+        return redis_retry(call, what, self.settings.redis_retry_seconds)
+
+    def items(self, header: JobHeader, index: int) -> list[Item]:
+        data = self.storage.get_bytes(jobs.chunk_manifest_key(header.job_id, header.run_id, index))
+        return read_chunk_manifest(data, header.columns)
+
+    def process(self, ref: ChunkRef) -> ChunkOutcome:
         start = time.perf_counter()
-        if not self.ledger.is_current(spec.job_id, spec.run_id):
-            log.warning("job %s chunk %d: stale message of an earlier run, dropped", spec.job_id, spec.index)
+        current = self._redis(lambda: self.ledger.run_id(ref.job_id), f"job {ref.job_id}: ledger read")
+        if current != ref.run_id:
+            log.warning("job %s chunk %d: message of run %s, but the ledger's run is %s: dropped", ref.job_id,
+                        ref.index, ref.run_id, current)
             return ChunkOutcome(ChunkRecord.STALE, 0, 0, 0, 0.0)
-        rows = self.rows(spec)
-        extra = list(spec.items[0].fields) if spec.items else []
-        table = to_table(rows, extra, verification=spec.gallery is not None)
-        self.storage.put_bytes(jobs.part_key(spec.job_id, spec.index), to_parquet(table))
+        header = self.headers.get(ref.job_id, ref.run_id)
+        if not 0 <= ref.index < header.n_chunks:
+            raise GaveUp(f"chunk {ref.index} does not exist (the job has {header.n_chunks})")
+        if self._redis(lambda: self.ledger.chunk_done(ref.job_id, ref.index), "ledger read"):
+            # a redelivery of a recorded chunk: re-record (idempotent) to learn whether the job is complete
+            record = self._record(header, ref.index, {"n_items": header.chunk_items(ref.index)})
+            return ChunkOutcome(record, 0, 0, 0, 0.0, skipped=True)
+        deliveries = self._redis(lambda: self.ledger.count_delivery(ref.job_id, ref.index), "ledger write")
+        if deliveries > self.settings.max_deliveries:
+            raise GaveUp(f"started {deliveries - 1} times without finishing (the worker died or hung each time: "
+                         f"a poison input?); not tried again")
+        items = self.items(header, ref.index)
+        rows = self.rows(header, items)
         seconds = time.perf_counter() - start
-        n_errors = sum(r.status == "error" for r in rows)
-        n_items = len(spec.items)
-        n_flagged = sum(r.needs_review for r in rows)
         stats = {
-            "n_items": n_items,
+            "n_items": len(items),
             "n_rows": len(rows),
-            "n_errors": n_errors,
-            "n_flagged": n_flagged,
+            "n_errors": sum(r.status == "error" for r in rows),
+            "n_flagged": sum(r.needs_review for r in rows),
             "seconds": round(seconds, 4),
             "finished_at": time.time(),
             "worker": self.worker,
         }
-        record = self.ledger.record_chunk(spec.job_id, spec.run_id, spec.index, stats)
+        # retried through storage outages with the rows kept: the model is not run again
+        self.storage.put_bytes(jobs.part_key(ref.job_id, ref.run_id, ref.index),
+                               chunk_part_bytes(rows, header, stats))
+        record = self._record(header, ref.index, stats)
         log.info(
             "job %s chunk %d: %d items → %d rows, %d errors, %d flagged in %.2fs (%.1f items/s) → %s",
-            spec.job_id, spec.index, n_items, len(rows), n_errors, n_flagged, seconds, n_items / max(seconds, 1e-9),
-            record.name.lower(),
+            ref.job_id, ref.index, len(items), len(rows), stats["n_errors"], stats["n_flagged"], seconds,
+            len(items) / max(seconds, 1e-9), record.name.lower(),
         )
-        return ChunkOutcome(record, n_items, n_errors, n_flagged, seconds)
+        return ChunkOutcome(record, len(items), stats["n_errors"], stats["n_flagged"], seconds)
+
+    def _record(self, header: JobHeader, index: int, stats: dict) -> ChunkRecord:
+        return self._redis(lambda: self.ledger.record_chunk(header.job_id, header.run_id, index, stats),
+                           f"job {header.job_id} chunk {index}: recording")
+
+
+class _LeaseRenewer:
+    """Renews a finalize lease from a daemon thread while the summary is being written."""
+
+    def __init__(self, lease, interval: float):
+        self.lease = lease
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True, name="faceq-finalize")
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.lease.renew()
+            except Exception as exc:  # the broker is down: the lease may lapse, finalize is idempotent
+                log.warning("finalize lease not renewed: %s", exc)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
 
 
 def finalize_job(storage: Storage, ledger: Ledger, job_id: str, run_id: str,
                  thresholds: TrustThresholds | None = None) -> FinalizeOutcome:
-    """Write summary.json and review.csv exactly once per run, whoever finished last."""
+    """Write the run's review list, report and summary exactly once, whoever finished last.
+
+    The lease expires 30 s after its holder stops renewing it; the holder's message is then
+    redelivered (it is acknowledged only after this returns) and the next worker takes over.
+    """
     thresholds = thresholds or TrustThresholds()
     progress = ledger.progress(job_id)
     if progress is None or progress.run_id != run_id:
         return FinalizeOutcome.STALE
     if progress.complete:
         return FinalizeOutcome.ALREADY_DONE
-    if not ledger.claim_finalize(job_id, run_id, FINALIZE_LEASE_SECONDS):
+    lease = ledger.claim_finalize(job_id, run_id, FINALIZE_LEASE_SECONDS)
+    if lease is None:
         return FinalizeOutcome.BUSY
     try:
-        manifest = JobManifest.from_json(storage.get_bytes(jobs.manifest_key(job_id)))
-        if manifest.run_id != run_id:
-            ledger.release_finalize(job_id)
-            return FinalizeOutcome.STALE
-        summary = finalize(storage, manifest, progress, ledger.chunk_stats(job_id), thresholds,
-                           lock=lambda gallery: ledger.redis.lock(f"faceq:gallery-lock:{gallery}", timeout=300))
-    except BaseException:
-        ledger.release_finalize(job_id)
-        raise
-    ledger.mark_done(job_id, run_id)
+        with _LeaseRenewer(lease, FINALIZE_LEASE_SECONDS / 3):
+            header = JobHeader.from_json(storage.get_bytes(jobs.header_key(job_id, run_id)))
+            summary = finalize(storage, header, thresholds,
+                               lock=lambda gallery: ledger.redis.lock(f"faceq:gallery-lock:{gallery}", timeout=300),
+                               still_current=lambda: ledger.is_current(job_id, run_id))
+            if summary is None:
+                return FinalizeOutcome.STALE
+            ledger.mark_done(job_id, run_id)
+    finally:
+        lease.release()
     log.info("job %s finalized: %s", job_id, summary["counts"])
     return FinalizeOutcome.WRITTEN

@@ -1,24 +1,26 @@
-"""Celery tasks: thin adapters from messages to the services in ``workers.service``."""
+"""Celery tasks: thin adapters from chunk references to the services in ``workers.service``.
+
+A task never lets a chunk vanish: whatever goes wrong after the retries inside the services
+(storage and Redis outages are ridden out there) is recorded in the ledger as that chunk's
+failure, with the reason, before the message is acknowledged.
+"""
 
 from __future__ import annotations
 
 import logging
 
-import redis
-from celery import Task
 from celery.exceptions import WorkerShutdown
 from celery.signals import celeryd_after_setup, worker_shutdown
 
-from faceq.errors import DeviceOutOfMemory, FaceqError, StorageError
-from faceq.jobs import ChunkSpec
+from faceq.errors import FaceqError
+from faceq.jobs import ChunkRef
 from faceq.ledger import ChunkRecord
+from faceq.retry import redis_retry
 from workers.app import FINALIZE_JOB, PROCESS_CHUNK, app
-from workers.runtime import get_runtime, shutdown_runtime
+from workers.runtime import Runtime, get_runtime, shutdown_runtime
 from workers.service import FinalizeOutcome, finalize_job
 
 log = logging.getLogger(__name__)
-
-TRANSIENT = (StorageError, DeviceOutOfMemory, redis.ConnectionError, redis.TimeoutError)
 
 
 @celeryd_after_setup.connect
@@ -40,41 +42,41 @@ def _stop_runtime(**_):
     shutdown_runtime()
 
 
-class ChunkTask(Task):
-    """Records a chunk that gave up (after its retries) so ``producer wait`` can say why."""
-
-    def on_failure(self, exc, task_id, args, kwargs, einfo):
-        spec = ChunkSpec.from_message(args[0] if args else kwargs["chunk"])
-        message = f"{type(exc).__name__}: {exc}"
-        get_runtime().ledger.record_failure(spec.job_id, spec.run_id, spec.index, message)
-        log.error("job %s chunk %d failed for good: %s", spec.job_id, spec.index, message)
+def _record_failure(runtime: Runtime, job_id: str, run_id: str, what: int | str, exc: BaseException) -> None:
+    message = f"{type(exc).__name__}: {exc}"
+    log.error("job %s %s failed for good: %s", job_id, f"chunk {what}" if isinstance(what, int) else what, message,
+              exc_info=not isinstance(exc, FaceqError))
+    redis_retry(lambda: runtime.ledger.record_failure(job_id, run_id, what, message), "recording a failure",
+                runtime.settings.redis_retry_seconds)
 
 
-@app.task(
-    name=PROCESS_CHUNK,
-    base=ChunkTask,
-    autoretry_for=TRANSIENT,
-    retry_backoff=2,
-    retry_backoff_max=60,
-)
-def process_chunk(chunk: dict) -> dict:
-    spec = ChunkSpec.from_message(chunk)
+def _finalize(runtime: Runtime, job_id: str, run_id: str) -> FinalizeOutcome | None:
+    try:
+        return finalize_job(runtime.storage, runtime.ledger, job_id, run_id, runtime.settings.thresholds)
+    except Exception as exc:
+        _record_failure(runtime, job_id, run_id, "finalize", exc)
+        return None
+
+
+@app.task(name=PROCESS_CHUNK)
+def process_chunk(job_id: str, run_id: str, index: int) -> dict:
     runtime = get_runtime()
-    outcome = runtime.processor.process(spec)
-    # The last chunk finalizes the job itself (one task fewer per job: it matters for
-    # one-image jobs); if another worker holds the finalize lease, a finalize task waits it out.
+    try:
+        outcome = runtime.processor.process(ChunkRef(job_id, run_id, index))
+    except Exception as exc:  # after the services' own retries: record why, never drop silently
+        _record_failure(runtime, job_id, run_id, index, exc)
+        return {"failed": str(exc)}
+    # The last chunk finalizes the job itself (one task fewer per job: it matters for one-image
+    # jobs). If another live worker holds the finalize lease, it writes the summary; if it dies,
+    # its own message comes back and the next worker takes over.
     if outcome.record is ChunkRecord.COMPLETE:
-        outcome_of_finalize = finalize_job(runtime.storage, runtime.ledger, spec.job_id, spec.run_id,
-                                           runtime.settings.thresholds)
-        if outcome_of_finalize is FinalizeOutcome.BUSY:
-            finalize_job_task.apply_async((spec.job_id, spec.run_id), countdown=15)
-    return {"items": outcome.n_items, "errors": outcome.n_errors, "flagged": outcome.n_flagged}
+        _finalize(runtime, job_id, run_id)
+    return {"items": outcome.n_items, "errors": outcome.n_errors, "flagged": outcome.n_flagged,
+            "skipped": outcome.skipped}
 
 
-@app.task(name=FINALIZE_JOB, bind=True, autoretry_for=TRANSIENT, retry_backoff=2, max_retries=10)
-def finalize_job_task(self, job_id: str, run_id: str) -> str:
-    runtime = get_runtime()
-    outcome = finalize_job(runtime.storage, runtime.ledger, job_id, run_id, runtime.settings.thresholds)
-    if outcome is FinalizeOutcome.BUSY:
-        raise self.retry(countdown=15, max_retries=40)
-    return outcome.value
+@app.task(name=FINALIZE_JOB)
+def finalize_job_task(job_id: str, run_id: str) -> str:
+    """Finalize a run whose chunks all have parts (sent by ``producer resume``)."""
+    outcome = _finalize(get_runtime(), job_id, run_id)
+    return outcome.value if outcome else "failed"
