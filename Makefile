@@ -29,8 +29,10 @@ test: install
 worker: install
 	$(PY) -m workers --device $${FACEQ_DEVICE:-cpu}
 
+# Flower is never served without credentials, and only on loopback unless FLOWER_ADDRESS says otherwise
 flower: install
-	$(VENV)/bin/celery -A workers.app flower --port=$${FLOWER_PORT:-5555}
+	@test -n "$$FLOWER_BASIC_AUTH" || { echo "error: set FLOWER_BASIC_AUTH=user:password first" >&2; exit 2; }
+	$(VENV)/bin/celery -A workers.app flower --address=$${FLOWER_ADDRESS:-127.0.0.1} --port=$${FLOWER_PORT:-5555}
 
 bench: install
 	$(PY) -m bench --record

@@ -49,7 +49,7 @@ def test_worker_settings_are_ones_the_code_reads(compose):
         env = service["environment"]
         unknown = {k for k in env if k not in ENV_VARS and k not in AWS_VARS and k != "WORKER_NAME"}
         assert not unknown, f"{name} sets variables faceq never reads: {unknown}"
-        assert env["FACEQ_BROKER_URL"].startswith("redis://redis:")
+        assert env["FACEQ_BROKER_URL"].startswith("redis://:${REDIS_PASSWORD")  # never an open broker
         assert env["FACEQ_S3_ENDPOINT_URL"] == "http://minio:9000"
         assert env["FACEQ_STORAGE_URL"].startswith("s3://faceq/")
 
@@ -63,3 +63,9 @@ def test_no_secret_is_written_in_the_file(compose):
                if line and not line.startswith("#")}
     referenced = set(re.findall(r"\$\{(\w+)", text))
     assert referenced - {"FACEQ_PRECISION", "FACEQ_MAX_BATCH"} <= example
+
+
+def test_redis_requires_a_password_and_keeps_its_queue(compose):
+    redis = compose["services"]["redis"]
+    assert "--requirepass" in redis["command"][-1] and "--appendonly yes" in redis["command"][-1]
+    assert compose["services"]["flower"]["environment"]["FACEQ_BROKER_URL"].startswith("redis://:${REDIS_PASSWORD")

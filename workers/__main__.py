@@ -30,11 +30,13 @@ def main(argv: list[str] | None = None) -> None:
     from celery.utils.nodenames import host_format
 
     from faceq.errors import FaceqError
+    from faceq.redact import install_log_redaction
     from workers.app import app
     from workers.runtime import get_runtime
 
     hostname = host_format(args.hostname or f"faceq-{args.device.replace(':', '')}@%h")
     logging.basicConfig(level=args.loglevel, format="[%(asctime)s: %(levelname)s/%(name)s] %(message)s")
+    install_log_redaction()
     try:  # load and warm the model before connecting: a worker that cannot serve never starts
         get_runtime(hostname)
     except FaceqError as exc:

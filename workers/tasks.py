@@ -10,17 +10,25 @@ from __future__ import annotations
 import logging
 
 from celery.exceptions import WorkerShutdown
-from celery.signals import celeryd_after_setup, worker_shutdown
+from celery.signals import after_setup_logger, after_setup_task_logger, celeryd_after_setup, worker_shutdown
 
 from faceq.errors import FaceqError
 from faceq.jobs import ChunkRef
 from faceq.ledger import ChunkRecord
+from faceq.redact import install_log_redaction
 from faceq.retry import redis_retry
 from workers.app import FINALIZE_JOB, PROCESS_CHUNK, app
 from workers.runtime import Runtime, get_runtime, shutdown_runtime
 from workers.service import FinalizeOutcome, finalize_job
 
 log = logging.getLogger(__name__)
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _redact_secrets_in_logs(logger, **_):
+    """Celery logs its broker URL and our errors quote URLs: mask credentials in every line."""
+    install_log_redaction(logger)
 
 
 @celeryd_after_setup.connect
