@@ -27,6 +27,9 @@ broker_transport_options = {
     "unacked_restore_throttle": 1,
 }
 broker_connection_max_retries = None  # a worker rides out any broker outage and reconnects
+# A chunk running when the broker blips keeps running (its ledger writes retry); its message
+# comes back after the visibility timeout and is skipped as already recorded.
+worker_cancel_long_running_tasks_on_connection_loss = False
 
 # json only: pickle would let anyone who can write to the broker run code on the workers.
 task_serializer = "json"
