@@ -47,9 +47,12 @@ task_default_queue = _queue
 task_queues = (Queue(_queue),)
 task_routes = {"faceq.*": {"queue": _queue}}
 
-# Events for Flower: task-sent from producers, task-received/started/succeeded from workers.
+# Events for Flower: task-received/started/succeeded from workers only. Producers send no
+# task-sent events: each producer process would otherwise appear in Flower as a "gen<PID>@host"
+# worker (and label on its /metrics), without bound. The cost: Flower lists a chunk only once a
+# worker receives it; queued chunks are counted by the workers' faceq_queue_depth metric.
 worker_send_task_events = True
-task_send_sent_event = False  # per-producer "gen<PID>" workers in Flower, without bound
+task_send_sent_event = False
 task_track_started = True
 
 worker_hijack_root_logger = True

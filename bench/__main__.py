@@ -8,6 +8,10 @@ moto, from 112×112 JPEG crops to Parquet rows), ``per_image_ips`` / ``microbatc
 latency, worker CPU utilisation and warm GPU memory; ratios against the ceiling; and 1:N
 identification probes/s against 10,000- and 100,000-identity galleries.
 ``--record`` appends the tables to bench/RESULTS.md.
+
+``python -m bench scale --items N [--items N ...]``: what a job costs as it grows (producer
+time and memory, Redis bytes, manifest bytes, end-to-end items/s with the zero-cost model
+stand-in, finalize time and memory); see ``bench/scale.py``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -91,6 +96,10 @@ def as_tables(document: dict) -> str:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["scale"]:
+        from bench import scale
+
+        sys.exit(scale.main(sys.argv[2:]))
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from faceq.errors import JobError
 from faceq.jobs import validate_name
+from faceq.results import read_parquet
 from faceq.storage import Storage
 
 EMBEDDING_DIM = 512
@@ -164,7 +165,7 @@ class GalleryStore:
 
     def load(self, name: str, version: int) -> Gallery:
         key = f"{_prefix(name)}v{version}/gallery.parquet"
-        table = pq.read_table(io.BytesIO(self.storage.get_bytes(key)))
+        table = read_parquet(self.storage.get_bytes(key))
         model_ids = set(table.column("model_id").to_pylist())
         if len(model_ids) > 1:
             raise JobError(f"gallery {name}@v{version} mixes model ids {sorted(model_ids)}")

@@ -1,7 +1,9 @@
 """Job bookkeeping in Redis: a fast index of progress that can always be rebuilt from storage.
 
-Keys (all under ``faceq:job:<id>``, expiring ``retention_seconds`` after the last write):
-  ``…``            hash: run_id, kind, n_chunks, n_items, created_at, state, finished_at and
+``faceq:jobs`` (sorted set: job id → created_at) lists recent jobs. Per job, keys under
+``faceq:job:<id>``, expiring ``retention_seconds`` after the last write:
+  ``…``            hash: run_id, kind, n_chunks, n_items, created_at, state (running | done |
+                   cancelled), finished_at and
                    counters items_done, rows, errors, flagged (each chunk counted once)
   ``…:chunks``     hash: chunk index → JSON stats of the finished chunk (idempotent on redelivery)
   ``…:failed``     hash: chunk index → why a chunk gave up (or ``finalize`` → why finalize did)
@@ -24,6 +26,7 @@ from enum import Enum
 import redis
 
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
+JOBS_INDEX_KEY = "faceq:jobs"
 _SUFFIXES = ("", ":chunks", ":failed", ":deliveries", ":finalize")
 
 # KEYS: meta, chunks, failed  ARGV: run_id, index, stats json, n_items, n_rows, n_errors, n_flagged, ttl
@@ -77,6 +80,10 @@ class JobProgress:
         return self.state == "done"
 
     @property
+    def cancelled(self) -> bool:
+        return self.state == "cancelled"
+
+    @property
     def chunks_pending(self) -> int:
         return self.n_chunks - self.chunks_done
 
@@ -122,16 +129,30 @@ class Ledger:
     def start(self, job_id: str, run_id: str, kind: str, n_chunks: int, n_items: int,
               created_at: float | None = None) -> None:
         """Register a (re-)run of ``job_id``; forgets any earlier run's progress."""
+        created = created_at or time.time()
         pipe = self.redis.pipeline(transaction=True)
         for suffix in _SUFFIXES:
             pipe.delete(self._key(job_id, suffix))
         pipe.hset(self._key(job_id), mapping={
             "run_id": run_id, "kind": kind, "n_chunks": n_chunks, "n_items": n_items,
-            "created_at": created_at or time.time(), "state": "running",
+            "created_at": created, "state": "running",
             "items_done": 0, "rows": 0, "errors": 0, "flagged": 0,
         })
         pipe.expire(self._key(job_id), self.retention_seconds)
+        pipe.zadd(JOBS_INDEX_KEY, {job_id: created})
+        pipe.zremrangebyscore(JOBS_INDEX_KEY, 0, time.time() - self.retention_seconds)
         pipe.execute()
+
+    def recent_jobs(self, limit: int = 20) -> list[JobProgress]:
+        """The most recently created jobs Redis still knows, newest first."""
+        ids = self.redis.zrevrange(JOBS_INDEX_KEY, 0, max(limit, 1) - 1)
+        return [p for p in (self.progress(job_id) for job_id in ids) if p is not None]
+
+    def cancel(self, job_id: str) -> bool:
+        """Mark a running job cancelled: workers drop its queued chunks. False if not running."""
+        script = ("if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end "
+                  "redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished_at', ARGV[1]) return 1")
+        return bool(self.redis.eval(script, 1, self._key(job_id), time.time()))
 
     def record_chunk(self, job_id: str, run_id: str, index: int, stats: dict) -> ChunkRecord:
         keys = [self._key(job_id), self._key(job_id, ":chunks"), self._key(job_id, ":failed")]
@@ -159,6 +180,11 @@ class Ledger:
 
     def run_id(self, job_id: str) -> str | None:
         return self.redis.hget(self._key(job_id), "run_id")
+
+    def run_state(self, job_id: str) -> tuple[str | None, str | None]:
+        """(run id, state) of the job's current run; (None, None) for a job Redis does not know."""
+        run_id, state = self.redis.hmget(self._key(job_id), "run_id", "state")
+        return run_id, state
 
     def is_current(self, job_id: str, run_id: str) -> bool:
         return self.run_id(job_id) == run_id

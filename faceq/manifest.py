@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from faceq.jobs import Item
+from faceq.results import read_parquet
 
 
 def chunk_manifest_bytes(items: list[Item], columns: tuple[str, ...]) -> bytes:
@@ -25,7 +26,7 @@ def chunk_manifest_bytes(items: list[Item], columns: tuple[str, ...]) -> bytes:
 
 
 def read_chunk_manifest(data: bytes, columns: tuple[str, ...]) -> list[Item]:
-    table = pq.read_table(io.BytesIO(data))
+    table = read_parquet(data)
     ids = table.column("item_id").to_pylist()
     uris = table.column("source_uri").to_pylist()
     values = {name: table.column(name).to_pylist() for name in columns}

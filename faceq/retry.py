@@ -22,9 +22,9 @@ REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.Busy
 
 
 def retry_call(call: Callable[[], T], what: str, window_seconds: float, transient: Callable[[BaseException], bool],
-               max_wait_seconds: float = 15.0) -> T:
+               max_wait_seconds: float = 15.0, on_retry: Callable[[object], None] | None = None) -> T:
     """``call()``, retried while it raises a transient error and the window lasts; the last
-    error is re-raised when it does not."""
+    error is re-raised when it does not. ``on_retry`` replaces the warning logged before each wait."""
     if window_seconds <= 0:
         return call()
     retrying = tenacity.Retrying(
@@ -32,8 +32,8 @@ def retry_call(call: Callable[[], T], what: str, window_seconds: float, transien
         wait=tenacity.wait_random_exponential(multiplier=0.25, max=max_wait_seconds),
         retry=tenacity.retry_if_exception(transient),
         reraise=True,
-        before_sleep=lambda state: log.warning("%s failed (%s); retrying for up to %.0fs", what,
-                                               _short(state.outcome.exception()), window_seconds),
+        before_sleep=on_retry or (lambda state: log.warning("%s failed (%s); retrying for up to %.0fs", what,
+                                                            _short(state.outcome.exception()), window_seconds)),
     )
     return retrying(call)
 

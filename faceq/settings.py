@@ -35,6 +35,14 @@ def _float(name: str, default: float) -> float:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
 
 
+def _port(name: str) -> int:
+    """A TCP port, or 0 (unset, empty or 0: disabled)."""
+    value = _int(name, 0, minimum=0)
+    if value > 65535:
+        raise ConfigError(f"{name}={value} is not a TCP port (1-65535, or 0 for none)")
+    return value
+
+
 def _modes(raw: str) -> tuple[str, ...]:
     from faceq.jobs import MODES
 
@@ -100,6 +108,8 @@ class Settings:
     max_deliveries: int = 5  # a chunk started this often without finishing is recorded as failed
     ledger_retention_seconds: int = 7 * 24 * 3600  # job keys in Redis expire this long after the last write
     allowed_sources: tuple[str, ...] = ()  # input roots besides a job's own source and the storage root
+    metrics_port: int = 0  # the worker's /metrics, /healthz, /readyz port; 0: none (workers/endpoints.py)
+    metrics_address: str = "127.0.0.1"  # where that port listens (compose: 0.0.0.0 inside its network)
     thresholds: TrustThresholds = field(default_factory=TrustThresholds)
 
     def open_storage(self):
@@ -145,6 +155,8 @@ class Settings:
             max_deliveries=_int("FACEQ_MAX_DELIVERIES", d.max_deliveries),
             ledger_retention_seconds=_int("FACEQ_LEDGER_RETENTION_SECONDS", d.ledger_retention_seconds, minimum=60),
             allowed_sources=tuple(s.strip() for s in (_env("FACEQ_ALLOWED_SOURCES") or "").split(",") if s.strip()),
+            metrics_port=_port("FACEQ_METRICS_PORT"),
+            metrics_address=_env("FACEQ_METRICS_ADDRESS", d.metrics_address),
             thresholds=TrustThresholds.from_env(),
         )
 
@@ -180,6 +192,8 @@ ENV_VARS = (
     "FACEQ_MAX_DELIVERIES",
     "FACEQ_LEDGER_RETENTION_SECONDS",
     "FACEQ_ALLOWED_SOURCES",
+    "FACEQ_METRICS_PORT",
+    "FACEQ_METRICS_ADDRESS",
     *(f"FACEQ_{name.upper()}" for name in THRESHOLD_NAMES),
     "FACEQ_HEARTBEAT_SECONDS",
     # read by celeryconfig.py (Celery settings live there)

@@ -314,6 +314,16 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def canonical_storage_url(url: str) -> str:
+    """One spelling per storage root (``s3://b/p/`` = ``s3://b/p``; local paths absolute), so that
+    a producer can tell whether the workers write where it reads."""
+    if url.startswith("s3://"):
+        bucket, prefix = split_s3_uri(url)
+        return f"s3://{bucket}/{prefix.strip('/')}".rstrip("/")
+    path = file_uri_path(url) if url.startswith("file://") else Path(url)
+    return Path(os.path.normpath(path)).as_uri() if path.is_absolute() else url
+
+
 def open_storage(url: str, s3_endpoint_url: str | None = None, retry_seconds: float = 0.0) -> Storage:
     """Storage for ``file:///abs/dir``, an absolute local path, or ``s3://bucket[/prefix]``."""
     if url.startswith("s3://"):

@@ -3,8 +3,9 @@
 Memory is bounded whatever the job size: parts are read one at a time with only the columns
 each pass needs, counted with pyarrow compute, and flagged rows are streamed to a temporary
 file that becomes review.csv. What grows with the job is 4 bytes per scored face (the quality
-values the medians are taken over). Two passes: the first counts and finds the camera alerts,
-the second writes the review list, which needs those alerts.
+values the medians are taken over, kept once, per source) and 8 bytes per chunk. Two passes:
+the first counts and finds the camera alerts, the second writes the review list, which needs
+those alerts.
 
 Runs once per run (the ledger's finalize lease) and is idempotent: the same parts give the
 same files. The summary is written last and is the commit point: it names the run whose
@@ -16,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import tempfile
+from array import array
 from collections import Counter
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -39,6 +41,7 @@ REPORT_ROWS = 60  # flagged rows listed in report.html (review.csv lists all of 
 _VERIFICATION = ["decision", "similarity", "gallery", "best_candidate_id", "best_candidate_score"]
 SOURCE_FOLDED_REASONS = {"low_quality", "likely_not_a_face"}  # explained by a source alert
 TOP_LEVEL = "(top level)"
+_BLOCK = 1 << 13  # values clipped and binned at a time by quality_histogram
 
 
 def iter_parts(storage: Storage, header: JobHeader, columns: list[str] | None) -> Iterator[pa.Table]:
@@ -68,8 +71,15 @@ def source_column(table: pa.Table) -> pa.Array:
 
 def quality_histogram(quality: np.ndarray) -> dict:
     """Counts per 0.1 bin over [0, 1]; scores ≥ 1 (possible with exp(logvar)) in the last bin."""
-    counts, _ = np.histogram(np.clip(quality, 0.0, 1.0), bins=HISTOGRAM_EDGES)
+    counts = np.zeros(len(HISTOGRAM_EDGES) - 1, dtype=np.int64)
+    for start in range(0, quality.size, _BLOCK):  # clipped a block at a time: no copy of the whole job
+        counts += np.histogram(np.clip(quality[start:start + _BLOCK], 0.0, 1.0), bins=HISTOGRAM_EDGES)[0]
     return {"edges": HISTOGRAM_EDGES, "counts": counts.tolist()}
+
+
+def _median(values: np.ndarray) -> float:
+    """``np.median`` of an array this module owns, partitioned in place (no copy)."""
+    return float(np.median(values, overwrite_input=True))
 
 
 class SourceStats:
@@ -91,13 +101,25 @@ class SourceStats:
             quality = pc.drop_null(table.column("quality").filter(mask)).to_numpy()
             self._quality.setdefault(source, []).append(quality.astype(np.float32))
 
+    def quality(self, source: str) -> np.ndarray:
+        """The source's quality values as one array (its parts are merged once, then dropped)."""
+        parts = self._quality[source]
+        if len(parts) != 1:
+            parts[:] = [np.concatenate(parts) if parts else np.zeros(0, np.float32)]
+        return parts[0]
+
+    def all_quality(self) -> np.ndarray:
+        """Every source's quality values in one new array (the job's own statistics)."""
+        sources = sorted(self._quality)
+        return np.concatenate([self.quality(s) for s in sources]) if sources else np.zeros(0, np.float32)
+
     def result(self) -> dict[str, dict]:
         stats = {}
         for source in sorted(self._counts):
-            quality = np.concatenate(self._quality[source]) if self._quality[source] else np.zeros(0)
+            quality = self.quality(source)  # a median reorders it in place: the values stay the same
             n_rows, n_ok, n_flagged = self._counts[source]
             stats[source] = {"n_rows": n_rows, "n_ok": n_ok, "n_flagged": n_flagged,
-                             "median_quality": round(float(np.median(quality)), 4) if quality.size else None}
+                             "median_quality": round(_median(quality), 4) if quality.size else None}
         return stats
 
 
@@ -151,7 +173,7 @@ def _counting_columns(header: JobHeader) -> list[str]:
 
 
 class JobCounts:
-    """Pass one: counts, quality values, per-source statistics and chunk timings."""
+    """Pass one: counts, per-source statistics (with the quality values) and chunk timings."""
 
     def __init__(self):
         self.n_rows = 0
@@ -160,9 +182,10 @@ class JobCounts:
         self.decisions: Counter = Counter()
         self.needs_review = 0
         self.model_ids: set[str] = set()
-        self.quality: list[np.ndarray] = []
         self.sources = SourceStats()
-        self.chunks: list[dict] = []
+        self.chunk_seconds = array("d")  # per chunk that recorded it
+        self.finished_at: float | None = None  # the last chunk's
+        self.workers: set[str] = set()
 
     def add(self, table: pa.Table) -> None:
         self.n_rows += table.num_rows
@@ -172,18 +195,24 @@ class JobCounts:
             self.decisions += _value_counts(table.column("decision"))
         self.needs_review += pc.sum(table.column("needs_review").cast(pa.int64())).as_py() or 0
         self.model_ids.update(v for v in pc.unique(table.column("model_id")).to_pylist() if v)
-        self.quality.append(pc.drop_null(table.column("quality")).to_numpy().astype(np.float32))
         self.sources.add(table)
-        self.chunks.append(part_stats(table))
+        stats = part_stats(table)
+        if "seconds" in stats:
+            self.chunk_seconds.append(stats["seconds"])
+        if "finished_at" in stats and (self.finished_at is None or stats["finished_at"] > self.finished_at):
+            self.finished_at = stats["finished_at"]
+        if "worker" in stats:
+            self.workers.add(stats["worker"])
 
 
 def build_summary(header: JobHeader, counts: JobCounts, thresholds: TrustThresholds, baseline: dict | None) -> dict:
-    quality = np.concatenate(counts.quality) if counts.quality else np.zeros(0, np.float32)
-    seconds = [s["seconds"] for s in counts.chunks if "seconds" in s]
-    created = datetime.fromisoformat(header.created_at).timestamp()
-    finished = max((s["finished_at"] for s in counts.chunks if "finished_at" in s), default=created)
-    wall = max(finished - created, 1e-9)
     sources = counts.sources.result()
+    quality = counts.sources.all_quality()  # a new array: partitioned in place below
+    seconds = np.frombuffer(counts.chunk_seconds, dtype=np.float64)
+    created = datetime.fromisoformat(header.created_at).timestamp()
+    finished = counts.finished_at if counts.finished_at is not None else created
+    wall = max(finished - created, 1e-9)
+    histogram = quality_histogram(quality)
     summary_counts = {
         "status": dict(sorted(counts.status.items())),
         "review_reasons": dict(sorted(counts.reasons.items())),
@@ -205,9 +234,9 @@ def build_summary(header: JobHeader, counts: JobCounts, thresholds: TrustThresho
         "n_chunks": header.n_chunks,
         "counts": summary_counts,
         "quality": {
-            "histogram": quality_histogram(quality),
-            "median": float(np.median(quality)) if quality.size else None,
-            "p05": float(np.percentile(quality, 5)) if quality.size else None,
+            "histogram": histogram,
+            "median": _median(quality) if quality.size else None,
+            "p05": float(np.percentile(quality, 5, overwrite_input=True)) if quality.size else None,
         },
         "sources": sources,
         "alerts": drift_alerts(sources, baseline, thresholds),
@@ -217,10 +246,10 @@ def build_summary(header: JobHeader, counts: JobCounts, thresholds: TrustThresho
         "timings": {
             "wall_seconds": round(wall, 3),
             "items_per_second": round(header.n_items / wall, 2),
-            "chunk_seconds_p50": round(float(np.median(seconds)), 3) if seconds else None,
-            "chunk_seconds_max": round(max(seconds), 3) if seconds else None,
+            "chunk_seconds_p50": round(float(np.median(seconds)), 3) if seconds.size else None,
+            "chunk_seconds_max": round(float(seconds.max()), 3) if seconds.size else None,
         },
-        "workers": sorted({s["worker"] for s in counts.chunks if "worker" in s}),
+        "workers": sorted(counts.workers),
         "outputs": {
             "results": jobs.results_prefix(header.job_id, header.run_id),
             "review": jobs.review_key(header.job_id, header.run_id),
@@ -317,6 +346,7 @@ def finalize(storage: Storage, header: JobHeader, thresholds: TrustThresholds,
     for table in iter_parts(storage, header, _counting_columns(header)):
         counts.add(table)
     summary = build_summary(header, counts, thresholds, load_baseline(storage, header))
+    counts.sources = SourceStats()  # the quality values are summarised: not held through pass two
     if header.kind == "enroll":
         summary["gallery"] = publish_enrolment(storage, header, thresholds, sorted(counts.model_ids)[0], lock)
     alerted = {a["source"] for a in summary["alerts"]}

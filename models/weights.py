@@ -2,6 +2,8 @@
 
 Every output row carries the returned ``model_id`` so nobody mistakes numbers from random
 weights for real scores: ``rts-ir_se_64-sha256:<16 hex>`` or ``rts-ir_se_64-random-seed0``.
+``FACEQ_MODEL_ARCH=null`` selects the zero-cost stand-in of ``models.null`` instead
+(``null-standin-NOT-A-MODEL``): no network, no checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 
 from faceq.errors import ModelError
+from models.null import NULL_ARCH, NULL_MODEL_ID, STAND_IN_WARNING, NullModel
 from models.rts import ARCHITECTURES, RTSNet
 
 log = logging.getLogger(__name__)
@@ -30,9 +33,10 @@ _RANDOM_WEIGHTS_WARNING = (
 
 @dataclass(frozen=True)
 class LoadedModel:
-    model: RTSNet
+    model: RTSNet | NullModel
     model_id: str
     random_weights: bool
+    stand_in: bool = False  # the zero-cost NullModel (FACEQ_MODEL_ARCH=null), not a network
 
 
 def _read_checkpoint_bytes(source: str, s3_endpoint_url: str | None) -> bytes:
@@ -83,9 +87,18 @@ def _check_and_load(model: RTSNet, state: dict[str, torch.Tensor]) -> None:
 def load_model(
     weights: str | None, arch_name: str = "ir_se_64", seed: int = 0, s3_endpoint_url: str | None = None
 ) -> LoadedModel:
-    """The network in eval mode on the CPU, with weights from ``weights`` or seeded random."""
+    """The network in eval mode on the CPU, with weights from ``weights`` or seeded random
+    (or, for ``arch_name="null"``, the zero-cost stand-in, which refuses any weights)."""
+    if arch_name == NULL_ARCH:
+        if weights is not None:
+            raise ModelError(f"FACEQ_MODEL_ARCH=null is the zero-cost stand-in and loads no checkpoint, but "
+                             f"FACEQ_MODEL_WEIGHTS={weights} is set: unset FACEQ_MODEL_WEIGHTS, or choose a real "
+                             f"architecture ({', '.join(ARCHITECTURES)})")
+        log.warning(STAND_IN_WARNING, NULL_MODEL_ID)
+        return LoadedModel(NullModel(), NULL_MODEL_ID, random_weights=False, stand_in=True)
     if arch_name not in ARCHITECTURES:
-        raise ModelError(f"unknown architecture {arch_name!r}; choose from {', '.join(ARCHITECTURES)}")
+        raise ModelError(f"unknown architecture {arch_name!r}; choose from "
+                         f"{', '.join([*ARCHITECTURES, NULL_ARCH])} ({NULL_ARCH}: a zero-cost stand-in, not a model)")
     arch = ARCHITECTURES[arch_name]
     if weights is None:
         with torch.random.fork_rng(devices=[]):

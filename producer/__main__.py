@@ -1,4 +1,10 @@
-"""``python -m producer``: submit audit, attendance and enrolment jobs, follow them, read their results."""
+"""``faceq`` (or ``python -m producer``): submit audit, attendance and enrolment jobs, follow
+them, read their results. Built on the Python client (``from faceq import Client``).
+
+Exit codes: 0 done; 1 an error (the job cannot complete, was cancelled, is unknown, or a
+setting is wrong — one line on stderr says which); 2 a malformed command line; 3 Redis lost
+the job's state (``resume JOB_ID`` rebuilds it from storage).
+"""
 
 from __future__ import annotations
 
@@ -6,28 +12,31 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from datetime import datetime, timezone
-from typing import Iterable
-
+import faceq
 from faceq import jobs
-from faceq.allow import AllowedSources
 from faceq.errors import FaceqError, JobError
 from faceq.heartbeats import read_heartbeats
-from faceq.ledger import Ledger
+from faceq.ledger import JobProgress
 from faceq.redact import install_log_redaction, redact_text, redact_url
-from faceq.retry import REDIS_ERRORS
-from faceq.settings import Settings
+from faceq.retry import REDIS_ERRORS, retry_call
+from faceq.settings import ENV_VARS, Settings
 from faceq.storage import Storage
-from producer import sources
-from producer.progress import JobStateLost, finished_summary, lost_state_message, wait_for_job, workers_online
+from producer.client import Client, Job
+from producer.progress import JobStateLost, finished_summary, lost_state_message, workers_online
 from producer.report import fetch_report
-from producer.resume import current_header, resume
-from producer.submit import JobOptions, new_job_id, submit
+from producer.resume import current_header
 
 log = logging.getLogger("producer")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_STATE_LOST = 0, 1, 2, 3
+STATUS_RETRY_SECONDS = 30
+_ENV_HELP = ("environment: " + ", ".join(ENV_VARS) + " and the standard AWS_* variables (see the README's "
+             "Configuration). {today} and {yesterday} (UTC dates) are replaced in job ids, sources and manifests.")
 
 
 def _add_job_options(parser: argparse.ArgumentParser, default_mode: str) -> None:
@@ -48,19 +57,24 @@ def _add_wait_options(parser: argparse.ArgumentParser, flag: str | None = None) 
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m producer", description=__doc__)
+def build_parser(prog: str = "faceq") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, epilog=_ENV_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"faceq {faceq.__version__}")
+    parser.add_argument("--broker", help="Redis URL (overrides FACEQ_BROKER_URL)")
+    parser.add_argument("--storage", help="file:///abs/dir or s3://bucket/prefix (overrides FACEQ_STORAGE_URL)")
     commands = parser.add_subparsers(dest="command", required=True)
-    audit = commands.add_parser("audit", help="score every image under a directory or s3:// prefix")
+    audit = commands.add_parser("audit", help="score every image under a directory or s3:// prefix", epilog=_ENV_HELP)
     audit.add_argument("source", help="local directory or s3://bucket/prefix")
     audit.add_argument("--all-faces", action="store_true", help="detect mode: a row for every face, not only the largest")
     _add_job_options(audit, default_mode="detect")
-    attendance = commands.add_parser("attendance", help="score the check-in photos of an attendance manifest")
+    attendance = commands.add_parser("attendance", help="score the check-in photos of an attendance manifest",
+                                     epilog=_ENV_HELP)
     attendance.add_argument("manifest", help="CSV (local or s3://): record_id, employee_id, image, device_id, captured_at")
     attendance.add_argument("--gallery", help="verify each check-in against this enrolled gallery")
     attendance.add_argument("--top-k", type=int, default=0, help="with --gallery: list the K best 1:N candidates")
     _add_job_options(attendance, default_mode="crop")
-    enroll = commands.add_parser("enroll", help="build a new version of an enrolment gallery")
+    enroll = commands.add_parser("enroll", help="build a new version of an enrolment gallery", epilog=_ENV_HELP)
     enroll.add_argument("manifest", help="CSV (local or s3://): employee_id, image (several images per employee allowed)")
     enroll.add_argument("--gallery", required=True, help="gallery name")
     _add_job_options(enroll, default_mode="crop")
@@ -70,16 +84,39 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--regenerate", action="store_true", help="render it again from the job's results")
     status = commands.add_parser("status", help="progress of a job as JSON (with its summary once done)")
     status.add_argument("job_id")
-    resume_cmd = commands.add_parser("resume", help="rebuild a job's state from storage and run only the chunks "
-                                                    "without results (after a Redis loss or fixed failures)")
-    resume_cmd.add_argument("job_id")
-    _add_wait_options(resume_cmd, "--wait")
-    commands.add_parser("workers", help="live workers from their heartbeats (device, batch settings, images/s)")
     wait = commands.add_parser("wait", help="wait for a job to finish, with progress")
     wait.add_argument("job_id")
     wait.add_argument("--resume", action="store_true", help="if Redis lost the job's state, resume it from storage")
     _add_wait_options(wait)
+    resume_cmd = commands.add_parser("resume", help="rebuild a job's state from storage and run only the chunks "
+                                                    "without results (after a Redis loss or fixed failures)")
+    resume_cmd.add_argument("job_id")
+    _add_wait_options(resume_cmd, "--wait")
+    cancel = commands.add_parser("cancel", help="cancel a running job (workers drop its queued chunks)")
+    cancel.add_argument("job_id")
+    listing = commands.add_parser("jobs", help="recent jobs with their state and progress, as JSON")
+    listing.add_argument("--limit", type=int, default=20)
+    commands.add_parser("workers", help="live workers from their heartbeats (device, batch settings, images/s)")
+    commands.add_parser("galleries", help="enrolment galleries and their versions, as JSON")
     return parser
+
+
+def expand_dates(value: str | None, now: datetime | None = None) -> str | None:
+    """``{today}`` / ``{yesterday}`` → UTC dates (YYYY-MM-DD): one command line for every night."""
+    if value is None:
+        return None
+    now = now or datetime.now(timezone.utc)
+    return value.replace("{today}", f"{now:%Y-%m-%d}").replace("{yesterday}", f"{now - timedelta(days=1):%Y-%m-%d}")
+
+
+def _iso(timestamp: float | None) -> str | None:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat() if timestamp else None
+
+
+def _progress_json(progress: JobProgress) -> dict:
+    data = dataclasses.asdict(progress)
+    data["created_at"], data["finished_at"] = _iso(progress.created_at), _iso(progress.finished_at)
+    return data
 
 
 def _print_summary(summary: dict, storage: Storage) -> None:
@@ -104,118 +141,140 @@ def _print_summary(summary: dict, storage: Storage) -> None:
         print(f"  ALERT:        {alert['message']}")
     if storage.exists(summary["outputs"]["report"]):
         print(f"  report:       {storage.uri(summary['outputs']['report'])}")
-    if any("-random-" in model_id for model_id in summary["model_ids"]):
-        print("  WARNING: produced with seeded RANDOM weights (FACEQ_MODEL_WEIGHTS unset): the embeddings and "
-              "quality scores are placeholders, not face recognition.")
+    if any("-random-" in model_id or "null" in model_id for model_id in summary["model_ids"]):
+        print("  WARNING: produced with seeded RANDOM weights or the null stand-in (FACEQ_MODEL_WEIGHTS unset): the "
+              "embeddings and quality scores are placeholders, not face recognition.")
 
 
-def _wait(args, settings: Settings, storage: Storage, ledger: Ledger, job_id: str) -> int:
+def _wait(args, client: Client, job: Job) -> int:
     try:
         if not workers_online():
-            print(f"warning: no faceq worker answers on {redact_url(settings.broker_url)}; the job waits until one "
-                  f"starts", file=sys.stderr)
-    except Exception as exc:  # the broker is down: wait_for_job says so and keeps trying
+            print(f"warning: no faceq worker answers on {redact_url(client.settings.broker_url)}; the job waits "
+                  f"until one starts", file=sys.stderr)
+    except Exception as exc:  # the broker is down: waiting says so and keeps trying
         log.debug("ping failed: %s", exc)
-    notify = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    from producer.progress import wait_for_job
+
+    def follow() -> dict:
+        return wait_for_job(client.ledger, client.storage, job.job_id, timeout=args.timeout,
+                            show_progress=not args.no_progress,
+                            notify=lambda message: print(message, file=sys.stderr)).summary
+
     try:
-        result = wait_for_job(ledger, storage, job_id, timeout=args.timeout, show_progress=not args.no_progress,
-                              notify=notify)
+        summary = follow()
     except JobStateLost:
         if not getattr(args, "resume", False):
             raise
-        resumed = resume(storage, ledger, job_id)
-        print(f"job {job_id}: state rebuilt from storage; {resumed.chunks_with_parts} of {resumed.header.n_chunks} "
-              f"chunks had results, {resumed.chunks_enqueued} enqueued", file=sys.stderr)
-        result = wait_for_job(ledger, storage, job_id, timeout=args.timeout, show_progress=not args.no_progress,
-                              notify=notify)
-    _print_summary(result.summary, storage)
-    return 0
+        job.resume()
+        print(f"job {job.job_id}: state rebuilt from storage and resumed", file=sys.stderr)
+        summary = follow()
+    _print_summary(summary, client.storage)
+    return EXIT_OK
 
 
-def _plan(args, settings: Settings, storage: Storage) -> tuple[Iterable, str, tuple[str, ...]]:
-    """The items of a new job (an iterator), its source, and the roots its items may come from."""
+def _submit(args, client: Client) -> Job:
+    job_id = expand_dates(args.job_id)
+    progress = not args.no_progress
     if args.command == "audit":
-        if args.source.startswith("s3://"):
-            return sources.iter_s3_prefix(args.source, settings.s3_endpoint_url), args.source, (args.source,)
-        root = Path(args.source).resolve()
-        return sources.iter_directory(root), str(root), (root.as_uri(),)
-    manifest = args.manifest
-    base = manifest.rsplit("/", 1)[0] + "/" if manifest.startswith("s3://") else Path(manifest).resolve().parent.as_uri()
-    allowed = AllowedSources.parse("", (*settings.allowed_sources, storage.url, base))
-    read = sources.iter_attendance_manifest if args.command == "attendance" else sources.iter_enrolment_manifest
-    # the roots this producer allowed travel in the job's header: the workers read the same ones
-    return read(manifest, allowed, s3_endpoint_url=settings.s3_endpoint_url), manifest, (base, *settings.allowed_sources)
+        return client.audit(expand_dates(args.source), mode=args.mode, job_id=job_id, all_faces=args.all_faces,
+                            chunk_size=args.chunk_size, report=not args.no_report, baseline=args.baseline,
+                            progress=progress)
+    manifest = expand_dates(args.manifest)
+    if args.command == "attendance":
+        return client.attendance(manifest, gallery=args.gallery, top_k=args.top_k, mode=args.mode, job_id=job_id,
+                                 chunk_size=args.chunk_size, report=not args.no_report, progress=progress)
+    return client.enroll(manifest, gallery=args.gallery, mode=args.mode, job_id=job_id, progress=progress)
+
+
+SUBMIT_COMMANDS = ("audit", "attendance", "enroll")
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    storage = settings.open_storage()
-    ledger = settings.open_ledger()
-    if args.command in ("audit", "attendance", "enroll"):
-        job_id = jobs.validate_job_id(args.job_id or new_job_id(args.command))
-        items, source, roots = _plan(args, settings, storage)
-        options = JobOptions(kind=args.command, mode=args.mode, chunk_size=args.chunk_size,
-                             all_faces=getattr(args, "all_faces", False), gallery=getattr(args, "gallery", None),
-                             top_k=getattr(args, "top_k", 0), baseline_job_id=args.baseline, report=not args.no_report)
-        header = submit(settings, storage, ledger, items=items, source=source, job_id=job_id, options=options,
-                        allowed_sources=roots, progress=not args.no_progress)
-        print(f"job {job_id}: {header.n_items} items in {header.n_chunks} chunk(s) queued on '{settings.queue}'; "
-              f"plan {storage.uri(jobs.header_key(job_id, header.run_id))}")
-        return _wait(args, settings, storage, ledger, job_id) if args.wait else 0
+    # submitting checks the broker before writing anything; following a job rides out outages
+    client = Client.from_env(broker=args.broker, storage=args.storage, check=args.command in SUBMIT_COMMANDS)
+    storage = client.storage
+    if args.command in SUBMIT_COMMANDS:
+        job = _submit(args, client)
+        header = client.header(job.job_id)
+        print(f"job {job.job_id}: {header.n_items} items in {header.n_chunks} chunk(s) queued on "
+              f"'{client.settings.queue}'; plan {storage.uri(jobs.header_key(job.job_id, header.run_id))}")
+        return _wait(args, client, job) if args.wait else EXIT_OK
     if args.command == "wait":
-        return _wait(args, settings, storage, ledger, args.job_id)
+        return _wait(args, client, Job(client, args.job_id))
     if args.command == "resume":
-        resumed = resume(storage, ledger, args.job_id)
-        if resumed.already_complete:
-            print(f"job {args.job_id} is already complete: {storage.uri(jobs.summary_key(args.job_id))}")
-            return 0
-        print(f"job {args.job_id}: {resumed.chunks_with_parts} of {resumed.header.n_chunks} chunks have results; "
-              f"{resumed.chunks_enqueued} enqueued" + ("" if resumed.chunks_enqueued else ", finalize enqueued"))
-        return _wait(args, settings, storage, ledger, args.job_id) if args.wait else 0
+        return _resume(args, client)
+    if args.command == "cancel":
+        if not client.job(args.job_id).cancel():
+            raise JobError(f"job {args.job_id} is not running: nothing to cancel")
+        print(f"job {args.job_id} cancelled: workers drop its queued chunks")
+        return EXIT_OK
+    if args.command == "jobs":
+        print(json.dumps([_progress_json(p) for p in client.jobs(args.limit)], indent=2))
+        return EXIT_OK
     if args.command == "workers":
-        print(json.dumps(read_heartbeats(ledger.redis), indent=2))
-        return 0
+        print(json.dumps(read_heartbeats(client.ledger.redis), indent=2))
+        return EXIT_OK
+    if args.command == "galleries":
+        print(json.dumps(client.galleries(), indent=2))
+        return EXIT_OK
     if args.command == "report":
         out = args.out or Path(f"{args.job_id}.html")
         out.write_bytes(fetch_report(storage, args.job_id, regenerate=args.regenerate))
         print(f"wrote {out}")
-        return 0
-    return _status(settings, storage, ledger, args.job_id)
+        return EXIT_OK
+    return _status(client, args.job_id)
 
 
-def _status(settings: Settings, storage: Storage, ledger: Ledger, job_id: str) -> int:
-    progress = ledger.progress(job_id)
-    summary = finished_summary(storage, job_id, progress.run_id if progress else None)
+def _resume(args, client: Client) -> int:
+    from producer.resume import resume
+
+    resumed = resume(client.storage, client.ledger, args.job_id, client.settings.broker_url)
+    if resumed.already_complete:
+        print(f"job {args.job_id} is already complete: {client.storage.uri(jobs.summary_key(args.job_id))}")
+        return EXIT_OK
+    print(f"job {args.job_id}: {resumed.chunks_with_parts} of {resumed.header.n_chunks} chunks have results; "
+          f"{resumed.chunks_enqueued} enqueued" + ("" if resumed.chunks_enqueued else ", finalize enqueued"))
+    return _wait(args, client, Job(client, args.job_id)) if args.wait else EXIT_OK
+
+
+def _status(client: Client, job_id: str) -> int:
+    def notify(state) -> None:
+        print(f"broker {redact_url(client.settings.broker_url)} unreachable; retrying", file=sys.stderr)
+
+    progress = retry_call(lambda: client.ledger.progress(job_id), "status", STATUS_RETRY_SECONDS,
+                          lambda exc: isinstance(exc, REDIS_ERRORS), on_retry=notify)
+    summary = finished_summary(client.storage, job_id, progress.run_id if progress else None)
     if progress is None and summary is None:
-        if current_header(storage, job_id) is not None:
+        if current_header(client.storage, job_id) is not None:
             raise JobStateLost(lost_state_message(job_id))
-        raise JobError(f"no job {job_id!r} on {redact_url(settings.broker_url)} or in {redact_url(storage.url)}")
-    state = dataclasses.asdict(progress) if progress else {"job_id": job_id, "state": "done",
-                                                           "note": "finished; Redis has forgotten it (retention)"}
-    for key in ("created_at", "finished_at"):
-        if state.get(key):
-            state[key] = datetime.fromtimestamp(state[key], timezone.utc).isoformat()
+        raise JobError(f"no job {job_id!r} on {redact_url(client.settings.broker_url)} or in "
+                       f"{redact_url(client.storage.url)}")
+    state = _progress_json(progress) if progress else {"job_id": job_id, "state": "done",
+                                                       "note": "finished; Redis has forgotten it (retention)"}
     print(json.dumps({**state, "summary": summary}, indent=2))
-    return 0
+    return EXIT_OK
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "faceq") -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     install_log_redaction()
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
+    for flag, name in ((args.broker, "FACEQ_BROKER_URL"), (args.storage, "FACEQ_STORAGE_URL")):
+        if flag:  # the Celery app (pings, Flower names) reads the environment too
+            os.environ[name] = flag
     try:
         return run(args)
     except JobStateLost as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 3
+        return EXIT_STATE_LOST
     except FaceqError as exc:
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     except REDIS_ERRORS as exc:
         print(f"error: the broker is unreachable ({redact_text(str(exc))}); is Redis running at "
-              f"{redact_url(Settings.from_env().broker_url)}?", file=sys.stderr)
-        return 1
+              f"{redact_url(args.broker or Settings.from_env().broker_url)}?", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m producer"))

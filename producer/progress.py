@@ -97,6 +97,8 @@ def wait_for_job(
                     summary = finished_summary(storage, job_id, progress.run_id)
                     if summary is not None:
                         return WaitResult(progress, summary)
+                if progress.cancelled:
+                    raise JobError(f"job {job_id} was cancelled; submit it again with --job-id {job_id} to re-run it")
                 if progress.cannot_complete:
                     reasons = "; ".join(f"{'chunk ' if k.isdigit() else ''}{k}: {msg}"
                                         for k, msg in sorted(progress.failed.items())[:3])

@@ -45,7 +45,7 @@ def committed_summary(storage: Storage, job_id: str) -> dict | None:
     return json.loads(storage.get_bytes(jobs.summary_key(job_id)))
 
 
-def resume(storage: Storage, ledger: Ledger, job_id: str) -> Resumed:
+def resume(storage: Storage, ledger: Ledger, job_id: str, broker_url: str | None = None) -> Resumed:
     header = current_header(storage, job_id)
     if header is None:
         raise JobError(f"no job {job_id!r} in {storage.url}: nothing to resume")
@@ -59,9 +59,9 @@ def resume(storage: Storage, ledger: Ledger, job_id: str) -> Resumed:
         return Resumed(header, len(done), 0, already_complete=True)
     missing = [index for index in range(header.n_chunks) if index not in done]
     if missing:
-        enqueue(header, missing)
+        enqueue(header, missing, broker_url)
     else:
-        finalize_later(header)
+        finalize_later(header, broker_url)
     log.info("job %s resumed: %d of %d chunks had parts, %d enqueued", job_id, len(done), header.n_chunks,
              len(missing))
     return Resumed(header, len(done), len(missing), already_complete=False)

@@ -51,6 +51,23 @@ class LocalItem:
     fields: dict[str, str] = field(default_factory=dict)
 
 
+class UniqueIds(Iterator):
+    """The items of a source whose ids are unique: by construction (a directory walk, an S3
+    listing) or checked on the way (a manifest, line by line). ``write_plan`` sees
+    ``unique_ids`` and does not keep a second check of its own."""
+
+    unique_ids = True
+
+    def __init__(self, items: Iterator[LocalItem | Item]):
+        self._items = items
+
+    def __iter__(self) -> "UniqueIds":
+        return self
+
+    def __next__(self) -> LocalItem | Item:
+        return next(self._items)
+
+
 @dataclass
 class ListingStats:
     """What a directory walk listed and what it deliberately left out."""
@@ -73,7 +90,7 @@ def iter_directory(root: Path, stats: ListingStats | None = None) -> Iterator[Lo
     """
     if not root.is_dir():
         raise JobError(f"{root} is not a directory")
-    return _walk(root, os.path.realpath(root), stats if stats is not None else ListingStats())
+    return UniqueIds(_walk(root, os.path.realpath(root), stats if stats is not None else ListingStats()))
 
 
 def _walk(root: Path, real_root: str, stats: ListingStats) -> Iterator[LocalItem]:
@@ -161,7 +178,7 @@ def iter_s3_prefix(uri: str, s3_endpoint_url: str | None, client=None) -> Iterat
         from faceq.storage import S3Storage
 
         client = S3Storage(bucket, "", endpoint_url=s3_endpoint_url).client
-    return _list_s3(client, bucket, prefix)
+    return UniqueIds(_list_s3(client, bucket, prefix))
 
 
 def _list_s3(client, bucket: str, prefix: str) -> Iterator[Item]:
@@ -219,7 +236,7 @@ def iter_manifest(
     """
     source = _ManifestFile(path, s3_endpoint_url)
     must_fill = tuple(c for c in required if c in IDENTIFYING_COLUMNS) if non_empty is None else non_empty
-    return _manifest_items(source, required, must_fill, item_id_fn, allowed)
+    return UniqueIds(_manifest_items(source, required, must_fill, item_id_fn, allowed))
 
 
 def _manifest_items(source: "_ManifestFile", required: tuple[str, ...], non_empty: tuple[str, ...],

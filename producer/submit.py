@@ -72,14 +72,21 @@ class JobOptions:
 
 
 class ManifestWriter:
-    """Writes chunk manifests as items stream in; holds at most a few chunks in memory."""
+    """Writes chunk manifests as items stream in; holds at most a few chunks in memory.
 
-    def __init__(self, storage: Storage, job_id: str, run_id: str, chunk_size: int, progress: bool):
+    Unless the items come from a source that already guarantees unique ids (``check_ids``
+    False: a directory walk, an S3 listing, a manifest read with its own line-numbered check),
+    it keeps an 8-byte hash per item, sorted per chunk, to refuse repeated ids at the end.
+    """
+
+    def __init__(self, storage: Storage, job_id: str, run_id: str, chunk_size: int, progress: bool,
+                 check_ids: bool = True):
         self.storage, self.job_id, self.run_id, self.chunk_size = storage, job_id, run_id, chunk_size
         self.columns: tuple[str, ...] | None = None
         self.n_items = 0
+        self.check_ids = check_ids
         self._buffer: list[Item | LocalItem] = []
-        self._hashes: list[np.ndarray] = []
+        self._hashes: list[np.ndarray] = []  # one sorted array per chunk
         self._pending: deque[Future] = deque()
         self._uploads = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="faceq-upload")
         self._writers = ThreadPoolExecutor(CHUNKS_IN_FLIGHT, thread_name_prefix="faceq-plan")
@@ -99,7 +106,8 @@ class ManifestWriter:
         index, batch = self.n_items // self.chunk_size, self._buffer
         self._buffer = []
         self.n_items += len(batch)
-        self._hashes.append(np.array([_id_hash(i.item_id) for i in batch], dtype=np.uint64))
+        if self.check_ids:
+            self._hashes.append(np.sort(np.array([_id_hash(i.item_id) for i in batch], dtype=np.uint64)))
         while len(self._pending) >= CHUNKS_IN_FLIGHT:
             self._pending.popleft().result()
         self._pending.append(self._writers.submit(self._write, index, batch))
@@ -123,14 +131,27 @@ class ManifestWriter:
             self._bar.close()
         if self.n_items == 0:
             raise JobError("a job needs at least one item")
-        hashes = np.sort(np.concatenate(self._hashes))
-        duplicates = int(np.count_nonzero(hashes[1:] == hashes[:-1]))
+        duplicates = _repeated(self._hashes)
         if duplicates:
             raise JobError(f"item ids must be unique within a job: {duplicates} repeated")
 
 
 def _id_hash(item_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "little")
+
+
+def _repeated(sorted_runs: list[np.ndarray], parts: int = 16) -> int:
+    """How many hashes repeat one seen before, across sorted runs, without ever holding a
+    second copy of them all: one range of hash values (1/``parts`` of them) at a time."""
+    edges = np.arange(1, parts, dtype=np.uint64) * np.uint64(2**64 // parts)
+    bounds = [np.concatenate(([0], np.searchsorted(run, edges), [len(run)])) for run in sorted_runs]
+    repeated = 0
+    for part in range(parts):
+        values = np.concatenate([run[b[part]:b[part + 1]] for run, b in zip(sorted_runs, bounds)] or
+                                [np.empty(0, np.uint64)])
+        values.sort()
+        repeated += int(np.count_nonzero(values[1:] == values[:-1]))
+    return repeated
 
 
 def write_plan(settings: Settings, storage: Storage, *, items: Iterable[Item | LocalItem], source: str, job_id: str,
@@ -143,7 +164,9 @@ def write_plan(settings: Settings, storage: Storage, *, items: Iterable[Item | L
         gallery_version = GalleryStore(storage).current_version(options.gallery)
     run_id = uuid.uuid4().hex
     chunk_size = options.chunk_size or settings.chunk_size
-    writer = ManifestWriter(storage, job_id, run_id, chunk_size, progress)
+    # the sources' iterators (producer.sources) have already refused repeated ids
+    writer = ManifestWriter(storage, job_id, run_id, chunk_size, progress,
+                            check_ids=not getattr(items, "unique_ids", False))
     for item in items:
         writer.add(item)
     writer.finish()
@@ -166,17 +189,18 @@ def submit(settings: Settings, storage: Storage, ledger: Ledger, *, items: Itera
     header = write_plan(settings, storage, items=items, source=source, job_id=job_id, options=options,
                         allowed_sources=allowed_sources, progress=progress)
     ledger.start(job_id, header.run_id, header.kind, header.n_chunks, header.n_items)
-    enqueue(header, range(header.n_chunks))
+    enqueue(header, range(header.n_chunks), settings.broker_url)
     log.info("job %s: %d items in %d chunks enqueued", job_id, header.n_items, header.n_chunks)
     return header
 
 
-def enqueue(header: JobHeader, indices: Iterable[int]) -> int:
+def enqueue(header: JobHeader, indices: Iterable[int], broker_url: str | None = None) -> int:
     """One reference-only message per chunk, named for Flower: ``<job>#<index> (<n> items)``."""
     from workers.app import PROCESS_CHUNK, app
 
     sent = 0
-    with app.producer_or_acquire() as producer:
+    with app.connection_for_write(broker_url) as connection:
+        producer = app.amqp.Producer(connection, auto_declare=False)
         for index in indices:
             app.send_task(PROCESS_CHUNK, args=[header.job_id, header.run_id, index], producer=producer,
                           argsrepr=f"{header.job_id}#{index} ({header.chunk_items(index)} items)")
@@ -184,7 +208,9 @@ def enqueue(header: JobHeader, indices: Iterable[int]) -> int:
     return sent
 
 
-def finalize_later(header: JobHeader) -> None:
+def finalize_later(header: JobHeader, broker_url: str | None = None) -> None:
     from workers.app import FINALIZE_JOB, app
 
-    app.send_task(FINALIZE_JOB, args=[header.job_id, header.run_id], argsrepr=f"{header.job_id} finalize")
+    with app.connection_for_write(broker_url) as connection:
+        app.send_task(FINALIZE_JOB, args=[header.job_id, header.run_id], connection=connection,
+                      argsrepr=f"{header.job_id} finalize")

@@ -69,3 +69,25 @@ def test_redis_requires_a_password_and_keeps_its_queue(compose):
     redis = compose["services"]["redis"]
     assert "--requirepass" in redis["command"][-1] and "--appendonly yes" in redis["command"][-1]
     assert compose["services"]["flower"]["environment"]["FACEQ_BROKER_URL"].startswith("redis://:${REDIS_PASSWORD")
+
+
+def test_workers_serve_metrics_and_their_healthcheck_asks_readyz(compose):
+    host_ports = []
+    for name, service in _workers(compose).items():
+        env = service["environment"]
+        port = int(env["FACEQ_METRICS_PORT"])
+        assert env["FACEQ_METRICS_ADDRESS"] == "0.0.0.0"  # inside the container network
+        check = " ".join(service["healthcheck"]["test"])
+        assert "/readyz" in check and "$$FACEQ_METRICS_PORT" in check and "-f" in check, name
+        (published,) = service["ports"]
+        host, host_port, container_port = published.split(":")
+        assert host == "127.0.0.1" and int(container_port) == port, name
+        host_ports.append(host_port)
+    assert len(set(host_ports)) == len(host_ports)
+
+
+def test_nothing_is_published_beyond_the_hosts_loopback(compose):
+    """Flower's /metrics and /healthcheck have no auth (Flower 2.2); workers' /metrics name jobs."""
+    for name, service in compose["services"].items():
+        for published in service.get("ports", []):
+            assert str(published).startswith("127.0.0.1:"), f"{name} publishes {published} on every interface"

@@ -193,25 +193,43 @@ def test_status_and_wait_commands(file_stack, samples):
     assert unknown.returncode == 1 and "no job 'no-such-job'" in unknown.stderr
 
 
-def test_a_job_that_cannot_complete_fails_wait_with_the_reason(tmp_path_factory, s3_endpoint, s3_client, samples):
-    """A worker whose storage bucket does not exist cannot write results: wait says so."""
+def test_a_producer_writing_where_the_workers_do_not_read_is_refused(tmp_path_factory, s3_endpoint, s3_client,
+                                                                      samples):
+    """Producer and workers on different storage: refused before anything is written."""
     root, _ = samples
     s3_client.create_bucket(Bucket="faceq-producer-side")
     tmp = tmp_path_factory.mktemp("broken-stack")
     with RedisServer(tmp / "redis") as redis_server:
-        worker_side = worker_env(redis_server.url, "s3://no-such-bucket/faceq", s3_endpoint)
-        worker = start_worker(worker_side, tmp, "misconfigured-worker")
+        worker = start_worker(worker_env(redis_server.url, "s3://no-such-bucket/faceq", s3_endpoint), tmp,
+                              "misconfigured-worker")
         try:
             producer_side = Stack(worker_env(redis_server.url, "s3://faceq-producer-side/faceq", s3_endpoint),
                                   open_storage("s3://faceq-producer-side/faceq", s3_endpoint), worker)
             done = producer_side.producer("audit", str(root / "broken"), "--job-id", "e2e-doomed", "--mode", "crop",
                                           "--wait", "--no-progress", "--timeout", "120")
             assert done.returncode == 1
-            assert "job e2e-doomed cannot complete: 1 failure(s) (chunk 0: StorageError" in done.stderr
-            assert "no-such-bucket" in done.stderr or "NoSuchBucket" in done.stderr
+            assert "writes to s3://faceq-producer-side/faceq but the live workers read s3://no-such-bucket/faceq" \
+                in done.stderr
+            assert list(producer_side.storage.list_keys("jobs/e2e-doomed/")) == []
             assert worker.alive()
         finally:
             worker.stop()
+
+
+def test_a_chunk_whose_plan_cannot_be_read_fails_once_with_the_reason(file_stack, samples):
+    """A worker that cannot read a job's manifest records the chunk as failed: no inference, no retry loop."""
+    from faceq.ledger import Ledger
+    from producer.submit import JobOptions, enqueue, write_plan
+    from faceq.settings import Settings
+
+    root, _ = samples
+    header = write_plan(Settings(), file_stack.storage, items=[jobs.Item("a", (root / "broken/empty.jpg").as_uri())],
+                        source=str(root), job_id="e2e-unreadable-plan", options=JobOptions("audit"))
+    file_stack.storage.delete_prefix(jobs.chunk_manifest_key(header.job_id, header.run_id, 0))
+    Ledger.from_url(file_stack.env["FACEQ_BROKER_URL"]).start(header.job_id, header.run_id, "audit", 1, 1)
+    enqueue(header, [0], file_stack.env["FACEQ_BROKER_URL"])
+    done = file_stack.producer("wait", "e2e-unreadable-plan", "--no-progress", "--timeout", "60")
+    assert done.returncode == 1 and "cannot complete: 1 failure(s) (chunk 0: StorageError: no such object" in done.stderr
 
 
 @needs_yunet

@@ -107,8 +107,7 @@ def test_a_forged_plan_cannot_make_a_worker_read_outside_the_allowed_roots(stack
                         job_id="hostile-forged", options=JobOptions("audit"))
     ledger = Ledger.from_url(stack.env["FACEQ_BROKER_URL"])
     ledger.start(header.job_id, header.run_id, "audit", header.n_chunks, header.n_items)
-    os.environ["FACEQ_BROKER_URL"] = stack.env["FACEQ_BROKER_URL"]
-    enqueue(header, range(header.n_chunks))
+    enqueue(header, range(header.n_chunks), stack.env["FACEQ_BROKER_URL"])
     waited = stack.producer("wait", "hostile-forged", "--no-progress", "--timeout", "120")
     assert waited.returncode == 0, waited.stderr
     rows = {r["item_id"]: r for r in job_rows(stack.storage, "hostile-forged").to_pylist()}

@@ -20,6 +20,8 @@ from typing import Callable
 
 import numpy as np
 
+from workers.metrics import NULL_METRICS, NullMetrics
+
 log = logging.getLogger(__name__)
 
 RunBatch = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -56,8 +58,10 @@ class BatcherStats:
 
 
 class MicroBatcher:
-    def __init__(self, run_batch: RunBatch, max_batch: int, max_delay_ms: float, name: str = "faceq-batcher"):
+    def __init__(self, run_batch: RunBatch, max_batch: int, max_delay_ms: float, name: str = "faceq-batcher",
+                 metrics: NullMetrics | None = None):
         self.run_batch = run_batch
+        self.metrics = metrics or NULL_METRICS  # workers.metrics: batch sizes, device seconds, queue delay
         self.max_batch = max_batch
         self.max_delay = max_delay_ms / 1000.0
         self.stats = BatcherStats()
@@ -136,6 +140,7 @@ class MicroBatcher:
         self.stats.batches += 1
         self.stats.busy_seconds += finished - started
         self.stats.recent.append((finished, len(crops)))
+        self.metrics.observe_batch(len(crops), finished - started, [started - r.arrived for r, _, _ in segments])
         offset = 0
         for request, start, n in segments:
             request.embeddings[start : start + n] = embeddings[offset : offset + n]

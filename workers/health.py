@@ -16,6 +16,8 @@ import time
 import redis
 
 from faceq.heartbeats import heartbeat_key
+from faceq.redact import redact_url
+from faceq.storage import canonical_storage_url
 from faceq.settings import Settings
 from workers.batcher import MicroBatcher
 from workers.engine import Engine
@@ -48,8 +50,11 @@ class Heartbeat:
             "max_delay_ms": self.settings.max_delay_ms,
             "microbatch": self.batcher is not None,
             "modes": list(self.settings.modes),
+            # producers check that they write where the workers read
+            "storage": redact_url(canonical_storage_url(self.settings.storage_url)),
             "model_id": info.model_id,
             "random_weights": info.random_weights,
+            "stand_in": info.stand_in,  # FACEQ_MODEL_ARCH=null: the zero-cost stand-in, not a model
             "warm_memory_bytes": info.warm_memory_bytes,
             "images_per_second": round(stats.images_per_second(), 2) if stats else None,
             "images_total": stats.images if stats else None,

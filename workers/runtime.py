@@ -19,11 +19,14 @@ from faceq.ledger import Ledger
 from faceq.settings import Settings
 from faceq.storage import Storage
 from models.detect import YUNET_HELP, FaceDetector
+from models.null import NULL_MODEL_ID, STAND_IN_WARNING
 from models.weights import load_model
 from workers.batcher import MicroBatcher
+from workers.endpoints import Endpoints, start_endpoints
 from workers.engine import Engine
 from workers.health import Heartbeat
 from workers.leases import LeaseKeeper
+from workers.metrics import WorkerMetrics, quick_redis
 from workers.service import ChunkProcessor
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,8 @@ class Runtime:
     batcher: MicroBatcher | None
     heartbeat: Heartbeat
     leases: LeaseKeeper
+    metrics: WorkerMetrics | None = None
+    endpoints: Endpoints | None = None  # FACEQ_METRICS_PORT: /metrics, /healthz, /readyz
 
 
 _runtime: Runtime | None = None
@@ -46,6 +51,9 @@ _lock = threading.Lock()
 
 
 def build_runtime(settings: Settings, worker_name: str | None = None) -> Runtime:
+    metrics = WorkerMetrics()
+    # up before the model loads: /healthz answers at once, /readyz says 503 until mark_warm below
+    endpoints = start_endpoints(settings, metrics.registry, quick_redis(settings.broker_url).ping)
     storage = settings.open_storage()
     ledger = settings.open_ledger()
     loaded = load_model(settings.model_weights, settings.model_arch, settings.model_seed, settings.s3_endpoint_url)
@@ -56,14 +64,22 @@ def build_runtime(settings: Settings, worker_name: str | None = None) -> Runtime
             raise ModelError(YUNET_HELP)
         detector = FaceDetector(settings.detector_weights, settings.detect_score, max_side=settings.detect_max_side)
     name = worker_name or f"faceq-{settings.device.replace(':', '')}@{socket.gethostname()}"
-    batcher = MicroBatcher(engine.infer, settings.max_batch, settings.max_delay_ms) if settings.microbatch else None
-    processor = ChunkProcessor(settings, storage, ledger, engine, name, detector, batcher)
+    batcher = (MicroBatcher(engine.infer, settings.max_batch, settings.max_delay_ms, metrics=metrics)
+               if settings.microbatch else None)
+    processor = ChunkProcessor(settings, storage, ledger, engine, name, detector, batcher, metrics=metrics)
     report.warm_up()
     heartbeat = Heartbeat(ledger.redis, name, settings, engine, batcher).start()
     leases = LeaseKeeper(ledger.redis, interval=max(1.0, VISIBILITY_TIMEOUT / 3)).start()
     log.info("faceq worker ready: device=%s modes=%s micro-batching=%s storage=%s model_id=%s", engine.device,
              ",".join(settings.modes), "on" if batcher else "off", storage.url, engine.model_id)
-    return Runtime(settings, storage, ledger, engine, processor, batcher, heartbeat, leases)
+    if engine.stand_in:  # said again last, where whoever reads the start-up log looks
+        log.warning("*" * 100)
+        log.warning(STAND_IN_WARNING, NULL_MODEL_ID)
+        log.warning("*" * 100)
+    metrics.describe(settings, engine, name, microbatch=batcher is not None)
+    if endpoints is not None:
+        endpoints.mark_warm()
+    return Runtime(settings, storage, ledger, engine, processor, batcher, heartbeat, leases, metrics, endpoints)
 
 
 def shutdown_runtime() -> None:
@@ -71,6 +87,8 @@ def shutdown_runtime() -> None:
     global _runtime
     with _lock:
         if _runtime is not None:
+            if _runtime.endpoints is not None:
+                _runtime.endpoints.close()
             _runtime.heartbeat.stop()
             _runtime.leases.stop()
             if _runtime.batcher is not None:

@@ -43,6 +43,7 @@ from models.preprocess import PreparedImage, crop_face, decode_image, detect_fac
 from workers.batcher import MicroBatcher
 from workers.engine import Engine
 from workers.galleries import GalleryCache
+from workers.metrics import NULL_METRICS, NullMetrics
 from workers.pixel_budget import PixelBudget
 
 log = logging.getLogger(__name__)
@@ -99,15 +100,17 @@ class HeaderCache:
 class ChunkProcessor:
     def __init__(self, settings: Settings, storage: Storage, ledger: Ledger, engine: Engine, worker: str,
                  detector: FaceDetector | None = None, batcher: MicroBatcher | None = None,
-                 galleries: GalleryCache | None = None):
+                 galleries: GalleryCache | None = None, metrics: NullMetrics | None = None):
         self.settings = settings
+        self.metrics = metrics or NULL_METRICS  # workers.metrics: stage timings, rows by status
         self.storage = storage
         self.ledger = ledger
         self.engine = engine
         self.worker = worker
         self.detector = detector
         # with a batcher, this chunk's crops share device batches with other tasks' crops
-        self._infer = batcher.infer if batcher is not None else engine.infer
+        self._infer = (batcher.infer if batcher is not None
+                       else self.metrics.direct_infer(engine.infer, getattr(engine, "max_batch", None)))
         self.galleries = galleries or GalleryCache(GalleryStore(storage), engine.device)
         self.headers = HeaderCache(storage)
         self.pixels = PixelBudget(settings.decode_pixel_budget)
@@ -163,7 +166,8 @@ class ChunkProcessor:
         one per usable face with ``all_faces``."""
         if header.mode == "detect" and self.detector is None:
             raise ModelError(f"job {header.job_id} asks for detect mode but this worker has no detector. {YUNET_HELP}")
-        prepared = self._prepare_all(items, header.mode, self.allowed_sources(header))
+        with self.metrics.stage("prepare"):
+            prepared = self._prepare_all(items, header.mode, self.allowed_sources(header))
         faces = [  # (item index, face crop) for every face that goes through the model
             (i, face)
             for i, outcome in enumerate(prepared)
@@ -172,7 +176,8 @@ class ChunkProcessor:
         ]
         embeddings, quality = (None, None)
         if faces:
-            embeddings, quality = self._infer(np.stack([face.pixels for _, face in faces]))
+            with self.metrics.stage("device"):
+                embeddings, quality = self._infer(np.stack([face.pixels for _, face in faces]))
         faces_of_item: dict[int, list[int]] = {}
         for position, (i, _) in enumerate(faces):
             faces_of_item.setdefault(i, []).append(position)
@@ -239,10 +244,10 @@ class ChunkProcessor:
 
     def process(self, ref: ChunkRef) -> ChunkOutcome:
         start = time.perf_counter()
-        current = self._redis(lambda: self.ledger.run_id(ref.job_id), f"job {ref.job_id}: ledger read")
-        if current != ref.run_id:
-            log.warning("job %s chunk %d: message of run %s, but the ledger's run is %s: dropped", ref.job_id,
-                        ref.index, ref.run_id, current)
+        current, state = self._redis(lambda: self.ledger.run_state(ref.job_id), f"job {ref.job_id}: ledger read")
+        if current != ref.run_id or state == "cancelled":
+            log.warning("job %s chunk %d: message of run %s, but the ledger's run is %s (%s): dropped", ref.job_id,
+                        ref.index, ref.run_id, current, state)
             return ChunkOutcome(ChunkRecord.STALE, 0, 0, 0, 0.0)
         header = self.headers.get(ref.job_id, ref.run_id)
         if not 0 <= ref.index < header.n_chunks:
@@ -268,9 +273,13 @@ class ChunkProcessor:
             "worker": self.worker,
         }
         # retried through storage outages with the rows kept: the model is not run again
-        self.storage.put_bytes(jobs.part_key(ref.job_id, ref.run_id, ref.index),
-                               chunk_part_bytes(rows, header, stats))
-        record = self._record(header, ref.index, stats)
+        with self.metrics.stage("write"):
+            self.storage.put_bytes(jobs.part_key(ref.job_id, ref.run_id, ref.index),
+                                   chunk_part_bytes(rows, header, stats))
+        with self.metrics.stage("record"):
+            record = self._record(header, ref.index, stats)
+        self.metrics.count_rows(rows)
+        self.metrics.observe_stage("total", time.perf_counter() - start)
         log.info(
             "job %s chunk %d: %d items → %d rows, %d errors, %d flagged in %.2fs (%.1f items/s) → %s",
             ref.job_id, ref.index, len(items), len(rows), stats["n_errors"], stats["n_flagged"], seconds,

@@ -72,8 +72,10 @@ def process_chunk(job_id: str, run_id: str, index: int) -> dict:
     try:
         outcome = runtime.processor.process(ChunkRef(job_id, run_id, index))
     except Exception as exc:  # after the services' own retries: record why, never drop silently
+        runtime.processor.metrics.count_chunk(None)
         _record_failure(runtime, job_id, run_id, index, exc)
         return {"failed": str(exc)}
+    runtime.processor.metrics.count_chunk(outcome)
     # The last chunk finalizes the job itself (one task fewer per job: it matters for one-image
     # jobs). If another live worker holds the finalize lease, it writes the summary; if it dies,
     # its own message comes back and the next worker takes over.

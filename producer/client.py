@@ -1,0 +1,244 @@
+"""The Python client: submit jobs, follow them and read their results, in a few lines.
+
+    from faceq import Client
+
+    client = Client.from_env()                       # FACEQ_BROKER_URL, FACEQ_STORAGE_URL, …
+    job = client.audit("/data/photos", mode="crop")
+    job.wait(timeout=600)
+    table = job.results()                            # pyarrow.Table (table.to_pandas())
+    flagged = job.review()                           # list of dicts, one per flagged item
+    row = client.verify("checkin.jpg", employee_id="e042", gallery="staff")
+
+No torch is imported on this side. Misconfiguration fails before anything is written: the
+broker must answer, and live workers must use the same storage.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import tempfile
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import pyarrow as pa
+
+from faceq import jobs
+from faceq.allow import AllowedSources, is_uri
+from faceq.errors import ConfigError, JobError
+from faceq.gallery import GalleryStore
+from faceq.heartbeats import read_heartbeats
+from faceq.jobs import JobHeader
+from faceq.localfiles import read_regular_file
+from faceq.ledger import JobProgress, Ledger
+from faceq.redact import redact_url
+from faceq.results import read_parquet
+from faceq.retry import REDIS_ERRORS
+from faceq.settings import Settings
+from faceq.storage import Storage, canonical_storage_url
+from producer import sources
+from producer.progress import finished_summary, wait_for_job
+from producer.resume import current_header, resume
+from producer.submit import JobOptions, new_job_id, submit
+
+
+@dataclass
+class Job:
+    """A handle on one job id: its progress, its results once done."""
+
+    client: "Client"
+    job_id: str
+
+    def status(self) -> JobProgress | None:
+        """Progress from Redis (None once Redis has forgotten a finished job)."""
+        return self.client.ledger.progress(self.job_id)
+
+    def wait(self, timeout: float | None = None, show_progress: bool = False) -> dict:
+        """Block until the summary is written; returns it. Raises JobError if the job cannot complete."""
+        return wait_for_job(self.client.ledger, self.client.storage, self.job_id, timeout=timeout,
+                            show_progress=show_progress).summary
+
+    @property
+    def summary(self) -> dict:
+        summary = finished_summary(self.client.storage, self.job_id)
+        if summary is None:
+            raise JobError(f"job {self.job_id} is not finished: call wait() first")
+        return summary
+
+    def results(self) -> pa.Table:
+        """Every result row of the finished run (one Parquet part per chunk, concatenated)."""
+        storage = self.client.storage
+        prefix = self.summary["outputs"]["results"]
+        return pa.concat_tables(read_parquet(storage.get_bytes(key)) for key in storage.list_keys(prefix))
+
+    def review(self) -> list[dict]:
+        """The flagged items, as review.csv lists them."""
+        data = self.client.storage.get_bytes(self.summary["outputs"]["review"]).decode("utf-8-sig")
+        return list(csv.DictReader(io.StringIO(data)))
+
+    def cancel(self) -> bool:
+        """Stop a running job: workers drop its queued chunks. False if it was not running."""
+        return self.client.ledger.cancel(self.job_id)
+
+    def resume(self) -> "Job":
+        resume(self.client.storage, self.client.ledger, self.job_id, self.client.settings.broker_url)
+        return self
+
+
+class Client:
+    def __init__(self, settings: Settings, check: bool = True):
+        self.settings = settings
+        self.storage: Storage = settings.open_storage()
+        self.ledger: Ledger = settings.open_ledger()
+        if check:
+            self.check_broker()
+
+    @classmethod
+    def from_env(cls, broker: str | None = None, storage: str | None = None, check: bool = True) -> "Client":
+        """Settings from the environment; ``broker`` / ``storage`` override FACEQ_BROKER_URL / FACEQ_STORAGE_URL."""
+        settings = Settings.from_env()
+        settings = replace(settings, broker_url=broker or settings.broker_url,
+                           storage_url=storage or settings.storage_url)
+        return cls(settings, check=check)
+
+    def check_broker(self) -> None:
+        try:
+            self.ledger.redis.ping()
+        except REDIS_ERRORS as exc:
+            raise ConfigError(f"the broker at {redact_url(self.settings.broker_url)} does not answer "
+                              f"({type(exc).__name__}); check FACEQ_BROKER_URL and that Redis runs") from None
+
+    def check_workers_storage(self) -> None:
+        """Refuse to submit when the live workers read another storage than this client writes."""
+        mine = canonical_storage_url(self.storage.url)
+        theirs = {beat.get("storage") for beat in read_heartbeats(self.ledger.redis) if beat.get("storage")}
+        if theirs and mine not in theirs:
+            raise ConfigError(f"this producer writes to {redact_url(mine)} but the live workers read "
+                              f"{', '.join(sorted(theirs))}: set FACEQ_STORAGE_URL to the same storage on both sides")
+
+    # -- submitting -------------------------------------------------------------------------
+
+    def _submit(self, items: Iterable, source: str, roots: tuple[str, ...], job_id: str | None,
+                options: JobOptions, progress: bool) -> Job:
+        job_id = jobs.validate_job_id(job_id or new_job_id(options.kind))
+        self.check_workers_storage()
+        submit(self.settings, self.storage, self.ledger, items=items, source=source, job_id=job_id, options=options,
+               allowed_sources=roots, progress=progress)
+        return Job(self, job_id)
+
+    def audit(self, source: str | Path, *, mode: str = "detect", job_id: str | None = None, all_faces: bool = False,
+              chunk_size: int | None = None, report: bool = True, baseline: str | None = None,
+              progress: bool = False) -> Job:
+        """Score every image under a local folder or an ``s3://`` prefix."""
+        source = str(source)
+        if source.startswith("s3://"):
+            items, roots = sources.iter_s3_prefix(source, self.settings.s3_endpoint_url), (source,)
+        else:
+            root = Path(source).resolve()
+            items, source, roots = sources.iter_directory(root), str(root), (root.as_uri(),)
+        options = JobOptions("audit", mode=mode, chunk_size=chunk_size, all_faces=all_faces, report=report,
+                             baseline_job_id=baseline)
+        return self._submit(items, source, roots, job_id, options, progress)
+
+    def attendance(self, manifest: str | Path | Iterable[Mapping[str, str]], *, gallery: str | None = None,
+                   top_k: int = 0, mode: str = "crop", job_id: str | None = None, chunk_size: int | None = None,
+                   report: bool = True, progress: bool = False) -> Job:
+        """Check-ins from a CSV (path or ``s3://``) or from rows (dicts with record_id, employee_id,
+        image, device_id, captured_at; images as paths or URIs)."""
+        options = JobOptions("attendance", mode=mode, chunk_size=chunk_size, gallery=gallery, top_k=top_k,
+                             report=report)
+        return self._manifest_job(manifest, options, job_id, progress)
+
+    def enroll(self, manifest: str | Path | Iterable[Mapping[str, str]], *, gallery: str, mode: str = "crop",
+               job_id: str | None = None, progress: bool = False) -> Job:
+        """Build a new version of ``gallery`` from employee_id, image rows (CSV or dicts)."""
+        return self._manifest_job(manifest, JobOptions("enroll", mode=mode, gallery=gallery), job_id, progress)
+
+    def _manifest_job(self, manifest, options: JobOptions, job_id: str | None, progress: bool,
+                      extra_roots: tuple[str, ...] = ()) -> Job:
+        if not isinstance(manifest, (str, Path)):
+            # rows from Python: relative images are relative to the working directory, which
+            # (with the storage root and FACEQ_ALLOWED_SOURCES) is what such a job may read
+            with tempfile.TemporaryDirectory(prefix="faceq-rows-") as tmp:
+                path = Path(tmp) / "rows.csv"
+                _write_rows(path, manifest)
+                return self._manifest_job(path, options, job_id, progress, (Path.cwd().as_uri(), *extra_roots))
+        manifest = str(manifest)
+        base = manifest.rsplit("/", 1)[0] + "/" if manifest.startswith("s3://") else \
+            Path(manifest).resolve().parent.as_uri()
+        roots = (base, *extra_roots, *self.settings.allowed_sources)
+        allowed = AllowedSources.parse("", (*roots, self.storage.url))
+        read = sources.iter_attendance_manifest if options.kind == "attendance" else sources.iter_enrolment_manifest
+        items = read(manifest, allowed, s3_endpoint_url=self.settings.s3_endpoint_url)
+        return self._submit(items, manifest, roots, job_id, options, progress)
+
+    def image(self, image: str | Path | bytes, *, mode: str = "crop", job_id: str | None = None, **fields: str) -> Job:
+        """A one-image job (the worker still batches it with other jobs' images). Bytes are
+        uploaded to storage first."""
+        job_id = jobs.validate_job_id(job_id or new_job_id("image"))
+        uri = self._image_uri(image, job_id)
+        row = {"record_id": fields.pop("record_id", "image"), "employee_id": fields.pop("employee_id", "-"),
+               "image": uri, "device_id": fields.pop("device_id", ""), "captured_at": fields.pop("captured_at", "")}
+        options = JobOptions("attendance", mode=mode, report=False, gallery=fields.pop("gallery", None))
+        return self._manifest_job([row], options, job_id, progress=False, extra_roots=(uri,))
+
+    def _image_uri(self, image: str | Path | bytes, job_id: str) -> str:
+        """The image's URI; bytes (and local files when storage is remote) are put in storage first."""
+        if isinstance(image, (str, Path)) and is_uri(str(image)):
+            return str(image)
+        if not isinstance(image, bytes) and self.storage.is_local:
+            return Path(image).resolve().as_uri()
+        data = image if isinstance(image, bytes) else read_regular_file(Path(image).resolve(),
+                                                                        self.settings.max_image_bytes)
+        return self.storage.put_bytes(f"{jobs.job_prefix(job_id)}uploads/{uuid.uuid4().hex}", data)
+
+    def verify(self, image: str | Path | bytes, employee_id: str, gallery: str, *, mode: str = "crop",
+               timeout: float = 60, **fields: str) -> dict:
+        """Kiosk-style 1:1 check: one photo against the claimed employee; returns the result row
+        (decision, similarity, quality, review reasons, best 1:N candidate)."""
+        job = self.image(image, mode=mode, employee_id=employee_id, gallery=gallery, **fields)
+        job.wait(timeout=timeout)
+        (row,) = [r for r in job.results().drop_columns(["embedding"]).to_pylist()][:1]
+        return row
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def job(self, job_id: str) -> Job:
+        jobs.validate_job_id(job_id)
+        if self.ledger.progress(job_id) is None and current_header(self.storage, job_id) is None:
+            raise JobError(f"no job {job_id!r} on {redact_url(self.settings.broker_url)} or in "
+                           f"{redact_url(self.storage.url)}")
+        return Job(self, job_id)
+
+    def jobs(self, limit: int = 20) -> list[JobProgress]:
+        """Recent jobs Redis knows (within the ledger retention), newest first."""
+        return self.ledger.recent_jobs(limit)
+
+    def galleries(self) -> dict[str, list[int]]:
+        """Every gallery in storage and its versions."""
+        store = GalleryStore(self.storage)
+        return {name: store.versions(name) for name in self.storage.list_children("galleries/")}
+
+    def header(self, job_id: str) -> JobHeader | None:
+        return current_header(self.storage, job_id)
+
+
+def _write_rows(path: Path, rows: Iterable[Mapping[str, str]]) -> None:
+    """Rows as a CSV manifest, relative images made absolute against the working directory."""
+    rows = iter(rows)
+    first = next(rows, None)
+    if first is None:
+        raise JobError("a job needs at least one row")
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(first))
+        writer.writeheader()
+        for row in itertools.chain([first], rows):
+            image = str(row.get("image", ""))
+            if image and not is_uri(image):
+                row = {**row, "image": str(Path(image).absolute())}
+            writer.writerow(row)
+
+
