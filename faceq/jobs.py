@@ -138,6 +138,7 @@ class JobHeader:
     all_faces: bool = False  # detect mode: one row per usable face instead of the largest only
     gallery: str | None = None  # attendance: the gallery matched against; enroll: the one built
     gallery_version: int | None = None  # attendance: fixed when the job is planned
+    gallery_update: bool = False  # enroll: a delta on the current version (add/replace only these employees)
     top_k: int = 0  # attendance: also list the K best 1:N candidates
     baseline_job_id: str | None = None  # compare per-source quality with this job (default: the last one)
     report: bool = True  # write report.html (image jobs of one photo skip it: ~0.1 s of plotting each)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
@@ -85,9 +85,44 @@ VERIFICATION_SCHEMA = pa.schema(
 )
 
 
-def to_table(rows: list[ItemResult], extra_columns: list[str] | tuple[str, ...], job_id: str = "") -> pa.Table:
-    """Rows → an Arrow table with the contract schema, the verification columns (null unless
-    attendance against a gallery) and string ``extra_columns``."""
+# Manifest columns every part has, null where a job has none: one schema for every job kind, so
+# a glob over many jobs reads without options. Other manifest columns go into ``extra``.
+MANIFEST_FIELDS = ("record_id", "employee_id", "device_id")
+MANIFEST_SCHEMA = pa.schema(
+    [
+        *((name, pa.string()) for name in MANIFEST_FIELDS),
+        ("captured_at", pa.timestamp("ms", tz="UTC")),  # when captured_at_raw parses as ISO-8601
+        ("captured_at_raw", pa.string()),
+        ("extra", pa.map_(pa.string(), pa.string())),
+    ]
+)
+_KNOWN_FIELDS = (*MANIFEST_FIELDS, "captured_at")
+
+
+def field_columns(manifest_columns: tuple[str, ...] | list[str]) -> list[str]:
+    """The output columns that hold a job's manifest columns (for readers that want only those)."""
+    columns = [c for c in MANIFEST_FIELDS if c in manifest_columns]
+    columns += ["captured_at", "captured_at_raw"] if "captured_at" in manifest_columns else []
+    return columns + (["extra"] if any(c not in _KNOWN_FIELDS for c in manifest_columns) else [])
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """An ISO-8601 time (``Z`` or an offset; naive means UTC), or None when it does not parse."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+RESULT_SCHEMA = pa.schema([*BASE_SCHEMA, *VERIFICATION_SCHEMA, *MANIFEST_SCHEMA])
+
+
+def to_table(rows: list[ItemResult], job_id: str = "") -> pa.Table:
+    """Rows → an Arrow table with the contract schema: base columns, the verification columns
+    (null unless attendance against a gallery) and the manifest columns."""
     columns = {
         "job_id": [job_id] * len(rows),
         "item_id": [r.item_id for r in rows],
@@ -105,19 +140,19 @@ def to_table(rows: list[ItemResult], extra_columns: list[str] | tuple[str, ...],
         "model_id": [r.model_id for r in rows],
         "processed_at": [r.processed_at for r in rows],
     }
-    schema = BASE_SCHEMA
     for column in VERIFICATION_SCHEMA:
-        schema = schema.append(column)
         columns[column.name] = [getattr(r, column.name) for r in rows]
-    for name in extra_columns:
-        schema = schema.append(pa.field(name, pa.string()))
+    for name in MANIFEST_FIELDS:
         columns[name] = [r.fields.get(name) for r in rows]
-    return pa.table(columns, schema=schema)
+    columns["captured_at"] = [parse_time(r.fields.get("captured_at")) for r in rows]
+    columns["captured_at_raw"] = [r.fields.get("captured_at") for r in rows]
+    columns["extra"] = [[(k, v) for k, v in r.fields.items() if k not in _KNOWN_FIELDS] or None for r in rows]
+    return pa.table(columns, schema=RESULT_SCHEMA)
 
 
 def chunk_part_bytes(rows: list[ItemResult], header, stats: dict) -> bytes:
     """One chunk's part: its rows, with the chunk's statistics in the file's metadata."""
-    table = to_table(rows, header.columns, header.job_id)
+    table = to_table(rows, header.job_id)
     table = table.replace_schema_metadata({CHUNK_STATS_KEY: json.dumps(stats).encode()})
     return to_parquet(table)
 

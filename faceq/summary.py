@@ -32,7 +32,7 @@ from faceq import jobs
 from faceq.csvsafe import inert_cell
 from faceq.gallery import EnrolmentBuilder, GalleryStore
 from faceq.jobs import JobHeader
-from faceq.results import part_stats, read_parquet
+from faceq.results import field_columns, part_stats, read_parquet
 from faceq.settings import TrustThresholds
 from faceq.storage import Storage
 
@@ -261,7 +261,7 @@ def build_summary(header: JobHeader, counts: JobCounts, thresholds: TrustThresho
 def review_columns(header: JobHeader) -> list[str]:
     columns = ["item_id", "source_uri", "status", "error", "quality", "needs_review", "review_reasons", "face_count"]
     columns += [c for c in _VERIFICATION if header.verifies]
-    return columns + [c for c in header.columns if c not in columns]
+    return columns + [c for c in field_columns(header.columns) if c not in columns]
 
 
 def write_review(storage: Storage, header: JobHeader, alerted: set[str], out: Path,
@@ -269,7 +269,7 @@ def write_review(storage: Storage, header: JobHeader, alerted: set[str], out: Pa
     """Pass two: every flagged row into ``out`` (CSV, cells made inert for spreadsheets).
     Returns how many rows a camera alert explains, and the first flagged rows it does not."""
     verification = [c for c in _VERIFICATION if header.verifies and c != "gallery"]
-    extra = list(header.columns)
+    extra = field_columns(header.columns)
     folded, listed = 0, []
     with out.open("w", newline="", encoding="utf-8-sig") as fh:  # the BOM makes Excel read UTF-8
         writer = csv.writer(fh)
@@ -284,15 +284,22 @@ def write_review(storage: Storage, header: JobHeader, alerted: set[str], out: Pa
                 cells = [row["item_id"], row["source_uri"], row["status"], _fmt(row["quality"]),
                          ";".join(row["review_reasons"]), row["error"] or ""]
                 cells += [_fmt(row[c]) for c in verification]
-                cells += [source_of(row), "yes" if is_folded else ""] + [row[c] or "" for c in extra]
+                cells += [source_of(row), "yes" if is_folded else ""] + [_fmt(row[c]) for c in extra]
                 writer.writerow([inert_cell(c) for c in cells])
     return folded, listed
 
 
 def _fmt(value) -> str:
+    """A CSV cell: floats to 4 places, times in ISO-8601, ``extra`` as ``key=value; …``."""
     if value is None:
         return ""
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, list):
+        return "; ".join(f"{k}={v}" for k, v in value)
+    return str(value)
 
 
 def load_baseline(storage: Storage, header: JobHeader) -> dict | None:
@@ -309,12 +316,14 @@ def load_baseline(storage: Storage, header: JobHeader) -> dict | None:
 def publish_enrolment(storage: Storage, header: JobHeader, thresholds: TrustThresholds, model_id: str,
                       lock: Callable[[str], AbstractContextManager]) -> dict:
     builder = EnrolmentBuilder(thresholds.enrol_quality)
-    for table in iter_parts(storage, header, ["employee_id", "item_id", "status", "error", "quality", "embedding"]):
-        builder.add(table.to_pylist())
+    for table in iter_parts(storage, header, ["employee_id", "item_id", "source_uri", "status", "error", "quality",
+                                              "embedding"]):
+        builder.add_table(table, header.job_id)  # templates, and which photo built which (members.parquet)
     enrolment = builder.build(thresholds.duplicate_similarity, model_id)
     report = {
         "job_id": header.job_id,
         "model_id": model_id,
+        "mode": header.mode,  # attendance in another mode is refused (faceq.gallery.GalleryStore.check_mode)
         "enrolled": enrolment.table.num_rows,
         "rejected_images": enrolment.rejected,
         "employees_without_usable_image": enrolment.without_usable_image,
@@ -322,8 +331,10 @@ def publish_enrolment(storage: Storage, header: JobHeader, thresholds: TrustThre
         "enrol_quality": thresholds.enrol_quality,
     }
     with lock(header.gallery):  # two enrolments of one gallery never get the same version
-        version = GalleryStore(storage).publish(header.gallery, enrolment, report)
-    return {"name": header.gallery, "version": version, **{k: v for k, v in report.items() if k != "job_id"}}
+        report = GalleryStore(storage).publish_version(header.gallery, enrolment, report,
+                                                       update=header.gallery_update,
+                                                       duplicate_similarity=thresholds.duplicate_similarity)
+    return {"name": header.gallery, **{k: v for k, v in report.items() if k != "job_id"}}
 
 
 def superseded_runs(storage: Storage, header: JobHeader) -> list[str]:

@@ -141,9 +141,12 @@ def _print_summary(summary: dict, storage: Storage) -> None:
         print(f"  ALERT:        {alert['message']}")
     if storage.exists(summary["outputs"]["report"]):
         print(f"  report:       {storage.uri(summary['outputs']['report'])}")
-    if any("-random-" in model_id or "null" in model_id for model_id in summary["model_ids"]):
-        print("  WARNING: produced with seeded RANDOM weights or the null stand-in (FACEQ_MODEL_WEIGHTS unset): the "
-              "embeddings and quality scores are placeholders, not face recognition.")
+    if any("-random-" in model_id for model_id in summary["model_ids"]):
+        print("  WARNING: produced with seeded RANDOM weights (FACEQ_MODEL_WEIGHTS unset): the embeddings and "
+              "quality scores are placeholders, not face recognition.")
+    if any(model_id.startswith("null") for model_id in summary["model_ids"]):
+        print("  WARNING: produced by the zero-cost STAND-IN (FACEQ_MODEL_ARCH=null), not a model: the numbers "
+              "measure the data path only.")
 
 
 def _wait(args, client: Client, job: Job) -> int:

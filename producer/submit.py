@@ -55,6 +55,7 @@ class JobOptions:
     top_k: int = 0
     baseline_job_id: str | None = None
     report: bool = True
+    gallery_update: bool = False  # enroll: delta on the current version (faceq enroll --update)
 
     def validate(self) -> None:
         if self.kind not in jobs.JOB_KINDS:
@@ -176,6 +177,7 @@ def write_plan(settings: Settings, storage: Storage, *, items: Iterable[Item | L
         columns=writer.columns or (), allowed_sources=allowed_sources, model_weights=settings.model_weights,
         all_faces=options.all_faces, gallery=options.gallery, gallery_version=gallery_version, top_k=options.top_k,
         baseline_job_id=options.baseline_job_id, report=options.report,
+        gallery_update=options.gallery_update,
     )
     storage.put_bytes(jobs.header_key(job_id, run_id), header.to_json(), "application/json")
     storage.put_bytes(jobs.current_run_key(job_id), json.dumps({"run_id": run_id}).encode(), "application/json")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+from datetime import datetime, timezone
 import re
 import subprocess
 import sys
@@ -165,7 +166,8 @@ def test_attendance_manifest_carries_its_columns_into_the_output(file_stack, sam
     rows = {r["item_id"]: r for r in file_stack.rows("e2e-att").to_pylist()}
     assert set(rows) == {f"r{i}" for i in range(6)} | {"r-trunc", "r-missing"}
     assert rows["r3"]["employee_id"] == "emp0" and rows["r3"]["device_id"] == "gate-1"
-    assert rows["r3"]["captured_at"] == "2026-11-24T08:03:00Z" and rows["r3"]["record_id"] == "r3"
+    assert rows["r3"]["captured_at_raw"] == "2026-11-24T08:03:00Z" and rows["r3"]["record_id"] == "r3"
+    assert rows["r3"]["captured_at"] == datetime(2026, 11, 24, 8, 3, tzinfo=timezone.utc)  # parsed
     assert rows["r3"]["status"] == "ok"
     assert_embedding_ok(rows["r3"]["embedding"])
     assert rows["r-trunc"]["error"].startswith("truncated: ")
@@ -294,3 +296,27 @@ def test_the_report_is_self_contained_and_regenerable(file_stack, samples, tmp_p
     again = file_stack.producer("report", "e2e-report", "--regenerate", "--out", str(tmp_path / "again.html"))
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "again.html").read_text().count("<tr>") == page.count("<tr>")
+
+
+def test_every_job_kind_writes_one_schema(file_stack, samples, tmp_path):
+    """Audit and attendance parts have one schema: a glob over jobs reads without options."""
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    root, expected = samples
+    manifest = tmp_path / "one.csv"
+    photo = root / next(k for k, v in expected.items() if v == "ok")
+    manifest.write_text(f"record_id,employee_id,image,device_id,captured_at,shift\nr1,e1,{photo},gate,2026-11-24,night\n")
+    for args in (("audit", str(root / "broken"), "--job-id", "e2e-schema-audit"),
+                 ("attendance", str(manifest), "--job-id", "e2e-schema-att")):
+        done = file_stack.producer(*args, "--mode", "crop", "--wait", "--no-progress",
+                                   FACEQ_ALLOWED_SOURCES=root.as_uri())
+        assert done.returncode == 0, done.stderr
+    summaries = [file_stack.summary(job) for job in ("e2e-schema-audit", "e2e-schema-att")]
+    parts = [str(p) for s in summaries for p in sorted((file_stack.storage.root / s["outputs"]["results"]).glob("*"))]
+    schemas = {pq.read_schema(p).remove_metadata() for p in parts}
+    assert len(schemas) == 1, schemas
+    table = ds.dataset(parts, format="parquet").to_table()
+    assert set(table.column("job_id").to_pylist()) == {"e2e-schema-audit", "e2e-schema-att"}
+    (att,) = [r for r in table.to_pylist() if r["job_id"] == "e2e-schema-att"]
+    assert att["extra"] == [("shift", "night")] and att["captured_at"].year == 2026

@@ -1,0 +1,149 @@
+"""What a flagged item means and what to do about it, in words for HR and site managers.
+
+Every decision of ``models/decisions.py`` (attendance) and every review reason (audits and
+attendance) has a plain-language explanation and a recommended action. The review queue is
+grouped into sections by what a person has to do, most urgent first. Pure data and string
+formatting: no torch, no storage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Guidance:
+    title: str  # the section heading
+    reason: str  # what happened, in plain language
+    action: str  # what the reviewer should do
+    short_action: str  # one or two words for the CSV and the badges (retake, check ID, re-enrol, …)
+
+
+# One entry per attendance decision (models.decisions.DECISIONS) …
+DECISION_GUIDANCE: dict[str, Guidance] = {
+    "mismatch": Guidance(
+        "Possible impersonation",
+        "The photo is clear, but the face does not look like the claimed employee's enrolment photo.",
+        "Check ID: compare the check-in photo with the enrolment photo and the closest candidates. Confirm only "
+        "if it is the claimed employee; if it is someone else (a colleague checking in for them), reject it "
+        "and follow up with the site manager.",
+        "check ID"),
+    "grey_zone": Guidance(
+        "Unsure: needs a second look",
+        "The face is only partly similar to the claimed employee, or the photo is of borderline quality.",
+        "Compare with the enrolment photo. If it is the employee, confirm; if their enrolment photo is old or "
+        "poor (glasses, beard, haircut, lighting), re-enrol them.",
+        "compare / re-enrol"),
+    "untrusted": Guidance(
+        "Photo too poor to judge",
+        "The photo is too poor for a decision (blurred, dark, backlit, turned away or covered).",
+        "Ask for a retake, or check the person by hand. If many poor photos come from one camera, have the "
+        "camera checked.",
+        "retake"),
+    "not_enrolled": Guidance(
+        "Not enrolled",
+        "The claimed employee has no usable enrolment photo in this gallery (new starter, wrong employee ID, "
+        "or every enrolment photo was rejected).",
+        "Check the employee ID on the check-in; if it is right, enrol the employee (faceq enroll … --update).",
+        "enrol / check ID"),
+    "no_face": Guidance(
+        "No face found",
+        "No face could be found in the photo.",
+        "Ask for a retake facing the camera; if it keeps happening at one device, check its framing.",
+        "retake"),
+    "error": Guidance(
+        "Unreadable photo",
+        "The photo file could not be read (empty, cut off, not an image, too large).",
+        "Check the device's upload and ask for a retake.",
+        "retake / check device"),
+    "match": Guidance(
+        "Match",
+        "The face matches the claimed employee.",
+        "Nothing to do.",
+        "none"),
+}
+
+# … and one per review reason (models.decisions.review_reasons and verify's reasons).
+REASON_GUIDANCE: dict[str, Guidance] = {
+    "possible_impersonation": DECISION_GUIDANCE["mismatch"],
+    "grey_zone": DECISION_GUIDANCE["grey_zone"],
+    "not_enrolled": DECISION_GUIDANCE["not_enrolled"],
+    "no_face": DECISION_GUIDANCE["no_face"],
+    "error": DECISION_GUIDANCE["error"],
+    "low_quality": Guidance(
+        "Low quality",
+        "The photo's quality score is low: blurred, dark, backlit, turned away, covered or very small.",
+        "Retake the photo. If many low-quality photos come from one camera, check the camera (night/IR mode, "
+        "focus, lens, backlight).",
+        "retake"),
+    "likely_not_a_face": Guidance(
+        "Probably not a face",
+        "The score is so low that this is probably not a face at all (an object, an animal, an empty frame).",
+        "Check what the camera sees; discard or retake.",
+        "check camera"),
+    "multiple_faces": Guidance(
+        "Several faces",
+        "More than one face is in the photo; the row is about one of them (see the face number and the box).",
+        "Check that the boxed face is the right person; retake with one person in the frame if not.",
+        "check face"),
+}
+
+OTHER = Guidance("Other", "Flagged for review.", "Look at the photo.", "review")
+
+# Sections, most urgent first: attendance rows by decision, audit rows by their first reason in this order.
+ATTENDANCE_SECTIONS = ("mismatch", "grey_zone", "not_enrolled", "untrusted", "no_face", "error")
+AUDIT_SECTIONS = ("error", "no_face", "likely_not_a_face", "low_quality", "multiple_faces")
+
+
+def section_of(row: dict, verification: bool) -> str:
+    """The review-queue section a flagged row belongs to."""
+    if verification and row.get("decision"):
+        return row["decision"] if row["decision"] in DECISION_GUIDANCE else "other"
+    reasons = row.get("review_reasons") or []
+    for reason in AUDIT_SECTIONS:
+        if reason in reasons:
+            return reason
+    return reasons[0] if reasons and reasons[0] in REASON_GUIDANCE else "other"
+
+
+def section_order(verification: bool) -> tuple[str, ...]:
+    return (ATTENDANCE_SECTIONS if verification else AUDIT_SECTIONS) + ("other",)
+
+
+def guidance_for(section: str) -> Guidance:
+    return DECISION_GUIDANCE.get(section) or REASON_GUIDANCE.get(section) or OTHER
+
+
+def explain(row: dict, verification: bool, thresholds: dict | None = None) -> tuple[str, str]:
+    """(plain-language reason, recommended action) for one flagged row, with its numbers."""
+    section = section_of(row, verification)
+    guide = guidance_for(section)
+    reason = guide.reason
+    similarity = row.get("similarity")
+    if section == "mismatch" and similarity is not None:
+        reason += f" Similarity {similarity:.2f}"
+        if thresholds:
+            reason += f" (below {thresholds.get('mismatch_similarity')})"
+        reason += "."
+    elif section == "grey_zone" and similarity is not None:
+        reason += f" Similarity {similarity:.2f}, quality {_num(row.get('quality'))}."
+    elif section in ("untrusted", "low_quality", "likely_not_a_face") and row.get("quality") is not None:
+        reason += f" Quality {row['quality']:.2f}" + (f" (below {thresholds.get('review_quality')})."
+                                                     if thresholds else ".")
+    if section in ("mismatch", "grey_zone") and row.get("best_candidate_id") and \
+            row.get("best_candidate_id") != row.get("employee_id"):
+        reason += f" Looks most like {row['best_candidate_id']}."
+    if section == "error" and row.get("error"):
+        reason += f" ({row['error'].split(':', 1)[0]})"
+    extra = [r for r in (row.get("review_reasons") or []) if r != section and r in REASON_GUIDANCE
+             and REASON_GUIDANCE[r] is not guide]
+    if "multiple_faces" in extra or section == "multiple_faces":
+        reason += f" Face #{row.get('face_index') or 0} of {row.get('face_count') or '?'} in the photo."
+        extra = [r for r in extra if r != "multiple_faces"]
+    for other in extra:
+        reason += f" Also: {REASON_GUIDANCE[other].title.lower()}."
+    return reason, guide.action
+
+
+def _num(value) -> str:
+    return "?" if value is None else f"{value:.2f}"
