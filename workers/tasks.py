@@ -8,6 +8,7 @@ failure, with the reason, before the message is acknowledged.
 from __future__ import annotations
 
 import logging
+import time
 
 from celery.exceptions import WorkerShutdown
 from celery.signals import after_setup_logger, after_setup_task_logger, celeryd_after_setup, worker_shutdown
@@ -19,7 +20,7 @@ from faceq.redact import install_log_redaction
 from faceq.retry import redis_retry
 from workers.app import FINALIZE_JOB, PROCESS_CHUNK, app
 from workers.runtime import Runtime, get_runtime, shutdown_runtime
-from workers.service import FinalizeOutcome, finalize_job
+from workers.service import FINALIZE_LEASE_SECONDS, FinalizeOutcome, finalize_job
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,16 @@ def _record_failure(runtime: Runtime, job_id: str, run_id: str, what: int | str,
 
 
 def _finalize(runtime: Runtime, job_id: str, run_id: str) -> FinalizeOutcome | None:
+    """Finalize, or wait while another worker holds the lease: a live holder finishes (the job is
+    then done), a dead one's lease lapses within FINALIZE_LEASE_SECONDS and this call takes over.
+    Returning on BUSY instead would lose the finalize if the holder had died."""
+    deadline = time.monotonic() + 5 * FINALIZE_LEASE_SECONDS
     try:
-        return finalize_job(runtime.storage, runtime.ledger, job_id, run_id, runtime.settings.thresholds)
+        while True:
+            outcome = finalize_job(runtime.storage, runtime.ledger, job_id, run_id, runtime.settings.thresholds)
+            if outcome is not FinalizeOutcome.BUSY or time.monotonic() > deadline:
+                return outcome  # still BUSY at the deadline: the holder is alive and renewing its lease
+            time.sleep(2)
     except Exception as exc:
         _record_failure(runtime, job_id, run_id, "finalize", exc)
         return None
