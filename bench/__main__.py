@@ -9,6 +9,12 @@ latency, worker CPU utilisation and warm GPU memory; ratios against the ceiling;
 identification probes/s against 10,000- and 100,000-identity galleries.
 ``--record`` appends the tables to bench/RESULTS.md.
 
+``pipeline`` (issue 11, ``bench/datapath.py``): images/s and worker CPU per item by stage
+through a real worker running the zero-cost stand-in (crop mode on file:// and S3, one core
+and two, detect mode on 1920×2400 photos) beside a plain torch DataLoader over the same
+folder; ``--quick-pipeline`` for a small one, ``--skip-pipeline`` for none, and
+``python -m bench pipeline [--quick]`` for that section alone.
+
 ``python -m bench scale --items N [--items N ...]``: what a job costs as it grows (producer
 time and memory, Redis bytes, manifest bytes, end-to-end items/s with the zero-cost model
 stand-in, finalize time and memory); see ``bench/scale.py``.
@@ -100,6 +106,10 @@ def main() -> None:
         from bench import scale
 
         sys.exit(scale.main(sys.argv[2:]))
+    if sys.argv[1:2] == ["pipeline"]:
+        from bench import datapath
+
+        sys.exit(datapath.main(sys.argv[2:]))
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -115,6 +125,8 @@ def main() -> None:
     parser.add_argument("--no-s3", action="store_true", help="skip the S3 (moto) end-to-end run")
     parser.add_argument("--one-to-n", default="10000,100000", help="gallery sizes for 1:N ('' to skip)")
     parser.add_argument("--probes", type=int, default=10000, help="probes per 1:N measurement")
+    parser.add_argument("--skip-pipeline", action="store_true", help="no data-path (issue 11) section")
+    parser.add_argument("--quick-pipeline", action="store_true", help="a small data-path section (for tests)")
     parser.add_argument("--record", action="store_true", help="append the tables to bench/RESULTS.md")
     args = parser.parse_args()
 
@@ -138,15 +150,26 @@ def main() -> None:
 
             sizes = [int(n) for n in args.one_to_n.split(",") if n]
             identification = [one_to_n(args.device, n, args.probes) for n in sizes]
+            pipeline_section = None
+            if not args.skip_pipeline:
+                from bench import datapath
+
+                pipeline_section = datapath.run(base_env, workdir, s3_endpoint, args.quick_pipeline, args.timeout)
         finally:
             if moto is not None:
                 moto.stop()
             redis_server.stop()
     document = {"benchmark": "faceq", "device": args.device, "precision": args.precision, "results": results,
-                "one_to_n": identification, "machine": record.machine(), "commit": record.commit()}
+                "one_to_n": identification, "pipeline": pipeline_section, "machine": record.machine(),
+                "commit": record.commit()}
     print(json.dumps(document, indent=2))
     if args.record:
         record.append("Throughput (`python -m bench`)", as_tables(document), document)
+        if pipeline_section:
+            from bench import datapath
+
+            record.append("Data path (`python -m bench`, pipeline section)", datapath.as_table(pipeline_section),
+                          document)
 
 
 def _start_moto(base_env: dict[str, str]):

@@ -298,6 +298,14 @@ class GalleryStore:
                            f"mode: {MODE_MISMATCH_HELP}. Use --mode {info['mode']}, or enrol the gallery again "
                            f"with --mode {mode}")
 
+    def mode_warnings(self, name: str, version: int, mode: str) -> list[str]:
+        """What a job's summary says when it ran in another mode than the gallery was enrolled in."""
+        try:
+            self.check_mode(name, mode, version)
+        except JobError as exc:
+            return [f"MODE MISMATCH: {exc}"]
+        return []
+
     def load(self, name: str, version: int) -> Gallery:
         key = f"{_prefix(name)}v{version}/gallery.parquet"
         table = read_parquet(self.storage.get_bytes(key))
@@ -320,7 +328,7 @@ class GalleryStore:
 
     # -- writing (callers serialise per gallery name: the ledger's gallery lock) -----------------
 
-    def _write_version(self, name: str, table: pa.Table, members: pa.Table, report: dict) -> int:
+    def _write_version(self, name: str, table: pa.Table, members: pa.Table, report: dict) -> dict:
         """The version's files, gallery.parquet last (a version exists once it has one), then current."""
         version = (self.versions(name) or [0])[-1] + 1
         base = f"{_prefix(name)}v{version}/"
@@ -330,7 +338,7 @@ class GalleryStore:
         self.storage.put_bytes(base + "gallery.parquet", _parquet(table))
         self.storage.put_bytes(f"{_prefix(name)}current.json", json.dumps({"version": version}).encode(),
                                "application/json")
-        return version
+        return report
 
     def publish(self, name: str, enrolment: Enrolment, report: dict) -> int:
         """Write a new version and point ``current`` at it. Callers serialise per gallery name."""
@@ -349,9 +357,7 @@ class GalleryStore:
         model_id = report.get("model_id")
         report = {"kind": "full", **report}
         if not update or not self.exists(name):
-            report.setdefault("changes", {"added": enrolment.table.num_rows})
-            version = self._write_version(name, enrolment.table, enrolment.members, report)
-            return {**report, "version": version}
+            return self._write_version(name, enrolment.table, enrolment.members, report)
         base_version = self.current_version(name)
         base_info = self.info(name, base_version)
         base = read_parquet(self.storage.get_bytes(f"{_prefix(name)}v{base_version}/gallery.parquet"))
@@ -388,8 +394,7 @@ class GalleryStore:
             report["likely_duplicates"] = duplicates_involving(employees, templates.reshape(-1, EMBEDDING_DIM),
                                                                set(new_ids), duplicate_similarity)
         report["enrolled"] = table.num_rows
-        version = self._write_version(name, table, members, report)
-        return {**report, "version": version}
+        return self._write_version(name, table, members, report)
 
     def remove(self, name: str, employee_ids: list[str], by: str | None = None) -> dict:
         """A new version without ``employee_ids`` (every one must be in the current version, and
@@ -414,5 +419,4 @@ class GalleryStore:
                   "changes": {"added": [], "updated": [], "removed": wanted, "kept_previous": [],
                               "unchanged": table.num_rows},
                   "rejected_images": [], "employees_without_usable_image": [], "likely_duplicates": []}
-        version = self._write_version(name, table, members, report)
-        return {**report, "version": version}
+        return self._write_version(name, table, members, report)

@@ -138,7 +138,7 @@ def explain(row: dict, verification: bool, thresholds: dict | None = None) -> tu
     extra = [r for r in (row.get("review_reasons") or []) if r != section and r in REASON_GUIDANCE
              and REASON_GUIDANCE[r] is not guide]
     if "multiple_faces" in extra or section == "multiple_faces":
-        reason += f" Face #{row.get('face_index') or 0} of {row.get('face_count') or '?'} in the photo."
+        reason += f" This row is face {(row.get('face_index') or 0) + 1} of {row.get('face_count') or '?'} (boxed)."
         extra = [r for r in extra if r != "multiple_faces"]
     for other in extra:
         reason += f" Also: {REASON_GUIDANCE[other].title.lower()}."

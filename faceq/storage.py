@@ -4,7 +4,9 @@ A ``Storage`` is rooted at a URL (``file:///abs/dir`` or ``s3://bucket/prefix``)
 objects by relative keys such as ``jobs/<id>/results/part-00000.parquet``. Input items are
 addressed by absolute URIs (``file:///…`` or ``s3://bucket/key``) and read with ``read_uri``.
 S3 goes through boto3 and honours ``FACEQ_S3_ENDPOINT_URL`` (MinIO, Ceph, …); credentials
-come from the standard AWS environment/config chain, never from faceq's settings.
+come from the standard AWS environment/config chain, never from faceq's settings. Input
+items on S3 (``read_uri``) are read with obstore where it is installed (a third of boto3's
+CPU per GET; ``FACEQ_S3_READER=boto3`` turns it off), with boto3's credentials.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
+from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from pathlib import Path
 from typing import Iterator
@@ -106,15 +109,120 @@ class Storage(ABC):
         """
         if uri.startswith("s3://"):
             bucket, key = split_s3_uri(uri)
+            fast = self._object_store(bucket)
+            if fast is not None:
+                return self._read_obstore(fast, key, max_bytes, f"cannot read {uri}")
             return self._s3(lambda: _read_body(self.client.get_object(Bucket=bucket, Key=key)["Body"], max_bytes),
                             f"cannot read {uri}")
         from faceq.localfiles import read_regular_file
 
+        if uri.startswith("file:///") and "?" not in uri and "#" not in uri:  # the canonical form: no parsing
+            return read_regular_file(unquote(uri[7:]) if "%" in uri else uri[7:], max_bytes)
         return read_regular_file(file_uri_path(uri), max_bytes)
+
+    def _object_store(self, bucket: str):
+        """obstore's S3 client for ``bucket`` (Rust ``object_store``), made on first use, or None
+        when obstore is not installed or ``FACEQ_S3_READER=boto3``: then boto3 reads.
+
+        Input items only: one GET per item is the hot path of an S3 job, and there obstore
+        costs a third of boto3's CPU (measured: 0.46 vs 1.36 ms per 6 KB GET against moto) and
+        waits with the GIL released. Credentials come from boto3's own chain (environment,
+        config files, instance roles…), so both clients see the same identity.
+        """
+        stores = self.__dict__.setdefault("_obstores", {})
+        if bucket in stores:
+            return stores[bucket]
+        store = None
+        if os.environ.get("FACEQ_S3_READER", "obstore") != "boto3":
+            store = _make_object_store(bucket, self.s3_endpoint_url)
+        stores[bucket] = store
+        return store
+
+    def _read_obstore(self, store, key: str, max_bytes: int | None, what: str) -> bytes:
+        import obstore
+
+        def read() -> bytes:
+            result = obstore.get(store, key)
+            if max_bytes is not None and result.meta["size"] > max_bytes:
+                from faceq.errors import BadInputError
+
+                raise BadInputError("too_large", f"more than {max_bytes} bytes (FACEQ_MAX_IMAGE_BYTES)")
+            data = bytes(result.bytes())
+            if max_bytes is not None and len(data) > max_bytes:  # a size header that lied
+                from faceq.errors import BadInputError
+
+                raise BadInputError("too_large", f"more than {max_bytes} bytes (FACEQ_MAX_IMAGE_BYTES)")
+            return data
+
+        try:
+            return retry_call(read, what, self.retry_seconds, _is_transient_obstore_error)
+        except FaceqError:
+            raise
+        except Exception as exc:
+            error = StorageError(f"{what}: {_describe_obstore(exc)}")
+            error.transient = _is_transient_obstore_error(exc)
+            raise error from exc
 
     @property
     def is_local(self) -> bool:
         return False
+
+
+def _make_object_store(bucket: str, endpoint_url: str | None):
+    try:
+        import boto3
+        from obstore.store import S3Store
+    except ImportError:
+        return None
+    session = boto3.Session()
+    credentials = session.get_credentials()
+    if credentials is None:
+        return None  # anonymous access is boto3's business (it says why a request fails)
+
+    def provide():
+        frozen = credentials.get_frozen_credentials()
+        return {"access_key_id": frozen.access_key, "secret_access_key": frozen.secret_key, "token": frozen.token,
+                "expires_at": datetime.now(timezone.utc) + timedelta(minutes=5)}
+
+    options = {"connect_timeout": timedelta(seconds=5), "timeout": timedelta(seconds=30)}
+    config = {"region": session.region_name or "us-east-1"}
+    if endpoint_url:
+        config["endpoint"] = endpoint_url
+        options["allow_http"] = endpoint_url.startswith("http://")
+        config["virtual_hosted_style_request"] = False  # MinIO, Ceph, moto: path-style, as boto3 uses there
+    # a few quick retries inside a request; outages are ridden out by ``retry_seconds`` around it
+    retry = {"max_retries": 2, "retry_timeout": timedelta(seconds=10),
+             "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=2)}}
+    try:
+        return S3Store(bucket, config=config, client_options=options, retry_config=retry, credential_provider=provide)
+    except Exception as exc:  # a configuration obstore does not understand: boto3 reads
+        import logging
+
+        logging.getLogger(__name__).warning("obstore cannot reach s3://%s (%s); reading with boto3", bucket, exc)
+        return None
+
+
+def _is_transient_obstore_error(exc: BaseException) -> bool:
+    """Connection failures, timeouts and 5xx (obstore's ``GenericError`` after its own retries)
+    are worth retrying; a missing key, a refused permission or a bad path is not."""
+    try:
+        from obstore import exceptions as ox
+    except ImportError:  # pragma: no cover
+        return False
+    if isinstance(exc, (ox.NotFoundError, ox.PermissionDeniedError, ox.UnauthenticatedError, ox.InvalidPathError,
+                        ox.NotSupportedError, ox.UnknownConfigurationKeyError, FileNotFoundError, PermissionError)):
+        return False
+    return isinstance(exc, (ox.BaseError, ConnectionError, TimeoutError))
+
+
+def _describe_obstore(exc: BaseException) -> str:
+    from obstore import exceptions as ox
+
+    if isinstance(exc, (ox.NotFoundError, FileNotFoundError)):
+        return "NoSuchKey: the object does not exist"
+    if isinstance(exc, (ox.PermissionDeniedError, ox.UnauthenticatedError, PermissionError)):
+        return "AccessDenied: " + str(exc).split("\n", 1)[0][:200]
+    return f"{type(exc).__name__}: " + str(exc).split("\n", 1)[0][:300]
 
 
 class FileStorage(Storage):

@@ -31,14 +31,19 @@ import pyarrow.compute as pc
 from faceq import jobs
 from faceq.csvsafe import inert_cell
 from faceq.gallery import EnrolmentBuilder, GalleryStore
+from faceq.guidance import explain, section_of, section_order
 from faceq.jobs import JobHeader
 from faceq.results import field_columns, part_stats, read_parquet
 from faceq.settings import TrustThresholds
 from faceq.storage import Storage
 
 HISTOGRAM_EDGES = [round(0.1 * i, 1) for i in range(11)]
-REPORT_ROWS = 60  # flagged rows listed in report.html (review.csv lists all of them)
+REPORT_ROWS = 120  # flagged rows listed in report.html, all sections together (review.csv lists all of them)
+SECTION_ROWS = 20  # … at most this many per section (the section's count says how many there are)
+ALERT_SAMPLES = 3  # rows shown per camera alert (the rest are counted under it)
+EMPLOYEE_LIMIT = 50_000  # distinct flagged employees counted per employee
 _VERIFICATION = ["decision", "similarity", "gallery", "best_candidate_id", "best_candidate_score"]
+_TOP_K = ["top_k_ids", "top_k_scores"]
 SOURCE_FOLDED_REASONS = {"low_quality", "likely_not_a_face"}  # explained by a source alert
 TOP_LEVEL = "(top level)"
 _BLOCK = 1 << 13  # values clipped and binned at a time by quality_histogram
@@ -259,34 +264,125 @@ def build_summary(header: JobHeader, counts: JobCounts, thresholds: TrustThresho
 
 
 def review_columns(header: JobHeader) -> list[str]:
-    columns = ["item_id", "source_uri", "status", "error", "quality", "needs_review", "review_reasons", "face_count"]
-    columns += [c for c in _VERIFICATION if header.verifies]
+    columns = ["item_id", "source_uri", "status", "error", "quality", "needs_review", "review_reasons", "face_count",
+               "face_index", "bbox", "landmarks"]
+    columns += [c for c in _VERIFICATION + _TOP_K if header.verifies]
     return columns + [c for c in field_columns(header.columns) if c not in columns]
 
 
+class ReviewQueue:
+    """What report.html shows of the flagged rows, bounded whatever the job size: per section
+    (what a person has to do, faceq.guidance) its count and its first ``section_rows`` rows
+    (``total_rows`` at most over all sections); per camera alert the rows folded into it and a
+    few samples; per claimed employee the flags by section."""
+
+    def __init__(self, verification: bool, section_rows: int = SECTION_ROWS, total_rows: int = REPORT_ROWS):
+        self.verification = verification
+        self.section_rows, self.total_rows = section_rows, total_rows
+        self.counts: Counter = Counter()
+        self.rows: dict[str, list[dict]] = {}
+        self.alert_counts: Counter = Counter()
+        self.alert_samples: dict[str, list[dict]] = {}
+        self.employees: dict[str, Counter] = {}
+        self.employees_left_out = 0  # distinct employees beyond EMPLOYEE_LIMIT (counted, not itemised)
+        self.n_listed = 0
+
+    def add(self, row: dict, folded: bool) -> None:
+        if folded:
+            source = source_of(row)
+            self.alert_counts[source] += 1
+            samples = self.alert_samples.setdefault(source, [])
+            if len(samples) < ALERT_SAMPLES:
+                samples.append(row)
+            return
+        section = section_of(row, self.verification)
+        self.counts[section] += 1
+        rows = self.rows.setdefault(section, [])
+        if len(rows) < self.section_rows and self.n_listed < self.total_rows:
+            rows.append(row)
+            self.n_listed += 1
+        employee = row.get("employee_id")
+        if self.verification and employee:
+            if employee in self.employees or len(self.employees) < EMPLOYEE_LIMIT:
+                self.employees.setdefault(employee, Counter())[section] += 1
+            else:
+                self.employees_left_out += 1
+
+    def sections(self) -> list[tuple[str, int, list[dict]]]:
+        """(section, flagged rows in it, the rows listed), most urgent first, empty ones left out."""
+        order = list(section_order(self.verification))
+        order += sorted(s for s in self.counts if s not in order)
+        return [(s, self.counts[s], self.rows.get(s, [])) for s in order if self.counts[s]]
+
+    def __iter__(self):  # the listed rows, section by section
+        return (row for _, _, rows in self.sections() for row in rows)
+
+    def __len__(self) -> int:
+        return self.n_listed
+
+
+def review_header(header: JobHeader) -> list[str]:
+    verification = [c for c in _VERIFICATION if header.verifies and c != "gallery"]
+    return ["item_id", "source_uri", "status", "quality", "review_reasons", "error", *verification, "source",
+            "source_alert", *field_columns(header.columns), "face_index", "face_count",
+            *(_TOP_K + ["prior_verdicts"] if header.verifies else []), "section", "reason", "action"]
+
+
 def write_review(storage: Storage, header: JobHeader, alerted: set[str], out: Path,
-                 report_rows: int = REPORT_ROWS) -> tuple[int, list[dict]]:
-    """Pass two: every flagged row into ``out`` (CSV, cells made inert for spreadsheets).
-    Returns how many rows a camera alert explains, and the first flagged rows it does not."""
+                 report_rows: int = REPORT_ROWS, thresholds: dict | None = None,
+                 section_rows: int = SECTION_ROWS) -> tuple[int, ReviewQueue]:
+    """Pass two: every flagged row into ``out`` (CSV, cells made inert for spreadsheets), with the
+    plain-language reason and recommended action, the top-k candidates and, for attendance,
+    the claimed employee's prior verdicts. Returns how many rows a camera alert explains, and
+    the bounded review queue report.html shows (iterating it gives the rows it lists)."""
+    from faceq.verdicts import PriorVerdicts
+
     verification = [c for c in _VERIFICATION if header.verifies and c != "gallery"]
     extra = field_columns(header.columns)
-    folded, listed = 0, []
+    # earlier verdicts on the claimed employees: the gallery's verdict index (bounded: GALLERY_INDEX_ROWS)
+    # (not for report-less jobs: a kiosk's one-image checks stay one read short)
+    prior = PriorVerdicts(storage, header.gallery if header.verifies and header.report else None,
+                          exclude_job=header.job_id)
+    folded = 0
+    queue = ReviewQueue(header.verifies, section_rows=section_rows, total_rows=report_rows)
     with out.open("w", newline="", encoding="utf-8-sig") as fh:  # the BOM makes Excel read UTF-8
         writer = csv.writer(fh)
-        writer.writerow(["item_id", "source_uri", "status", "quality", "review_reasons", "error", *verification,
-                         "source", "source_alert", *extra])
+        writer.writerow(review_header(header))
         for table in iter_parts(storage, header, review_columns(header)):
             for row in table.filter(table.column("needs_review")).to_pylist():
                 is_folded = folded_into_alert(row, alerted)
                 folded += is_folded
-                if not is_folded and len(listed) < report_rows:
-                    listed.append(row)
+                queue.add(row, is_folded)
+                reason, action = explain(row, header.verifies, thresholds)
                 cells = [row["item_id"], row["source_uri"], row["status"], _fmt(row["quality"]),
                          ";".join(row["review_reasons"]), row["error"] or ""]
                 cells += [_fmt(row[c]) for c in verification]
                 cells += [source_of(row), "yes" if is_folded else ""] + [_fmt(row[c]) for c in extra]
+                cells += [_fmt(row.get("face_index")), _fmt(row.get("face_count"))]
+                if header.verifies:
+                    cells += [";".join(row.get("top_k_ids") or []),
+                              ";".join(f"{s:.4f}" for s in row.get("top_k_scores") or []),
+                              " | ".join(prior.lines(row.get("employee_id")))]
+                cells += [section_of(row, header.verifies), reason, action]
                 writer.writerow([inert_cell(c) for c in cells])
-    return folded, listed
+    return folded, queue
+
+
+def flagged_page(storage: Storage, header: JobHeader, alerted: set[str], section: str, start: int,
+                 count: int) -> list[dict]:
+    """Rows ``start`` … ``start + count`` of one review-queue section (in job order), streamed
+    part by part: how the local review page pages through hundreds of flags."""
+    found, seen = [], 0
+    for table in iter_parts(storage, header, review_columns(header)):
+        for row in table.filter(table.column("needs_review")).to_pylist():
+            if folded_into_alert(row, alerted) or section_of(row, header.verifies) != section:
+                continue
+            if seen >= start:
+                found.append(row)
+                if len(found) == count:
+                    return found
+            seen += 1
+    return found
 
 
 def _fmt(value) -> str:
@@ -360,10 +456,12 @@ def finalize(storage: Storage, header: JobHeader, thresholds: TrustThresholds,
     counts.sources = SourceStats()  # the quality values are summarised: not held through pass two
     if header.kind == "enroll":
         summary["gallery"] = publish_enrolment(storage, header, thresholds, sorted(counts.model_ids)[0], lock)
+    if header.verifies and header.gallery_version:  # planned without the client's check (it refuses)
+        summary["warnings"] = GalleryStore(storage).mode_warnings(header.gallery, header.gallery_version, header.mode)
     alerted = {a["source"] for a in summary["alerts"]}
     with tempfile.TemporaryDirectory(prefix="faceq-finalize-") as tmp:
         review = Path(tmp) / "review.csv"
-        folded, listed = write_review(storage, header, alerted, review)
+        folded, listed = write_review(storage, header, alerted, review, thresholds=thresholds.__dict__)
         summary["counts"]["folded_into_source_alerts"] = folded
         storage.put_file(jobs.review_key(header.job_id, header.run_id), review, "text/csv; charset=utf-8")
     if header.report:

@@ -145,6 +145,40 @@ def record(storage: Storage, job_id: str, item_id: str, verdict: str, note: str 
     return row
 
 
+class PriorVerdicts:
+    """A gallery's verdict index without one job's own verdicts: an employee's newest
+    ``per_employee`` verdicts on demand. Read on first use (a job with no flagged row never
+    reads it); rows become Python objects only when asked for."""
+
+    def __init__(self, storage: Storage, gallery: str | None, exclude_job: str | None = None,
+                 per_employee: int = 3):
+        self.storage, self.gallery, self.exclude_job, self.per_employee = storage, gallery, exclude_job, per_employee
+        self._table: pa.Table | None = None
+        self._positions: dict[str, list[int]] = {}
+
+    def _load(self) -> pa.Table:
+        if self._table is None:
+            table = read(self.storage, gallery_verdicts_key(self.gallery)) if self.gallery else SCHEMA.empty_table()
+            if self.exclude_job and table.num_rows:
+                table = table.filter(pc.fill_null(pc.not_equal(table.column("job_id"), self.exclude_job), True))
+            employees = table.column("employee_id").to_pylist()
+            for position in range(len(employees) - 1, -1, -1):  # newest first
+                rows = self._positions.setdefault(employees[position], [])
+                if len(rows) < self.per_employee:
+                    rows.append(position)
+            self._table = table
+        return self._table
+
+    def rows(self, employee: str | None) -> list[dict]:
+        if not self.gallery or not employee:
+            return []
+        table = self._load()
+        return [table.slice(p, 1).to_pylist()[0] for p in self._positions.get(employee, [])]
+
+    def lines(self, employee: str | None) -> list[str]:
+        return [describe(row) for row in self.rows(employee)]
+
+
 def prior_verdicts(storage: Storage, gallery: str, employee_ids, exclude_job: str | None = None,
                    per_employee: int = 3) -> dict[str, list[dict]]:
     """employee → their newest ``per_employee`` verdicts in the gallery's index (other jobs than
@@ -152,18 +186,8 @@ def prior_verdicts(storage: Storage, gallery: str, employee_ids, exclude_job: st
     wanted = sorted({e for e in employee_ids if e})
     if not gallery or not wanted:
         return {}
-    table = read(storage, gallery_verdicts_key(gallery))
-    if not table.num_rows:
-        return {}
-    mask = pc.is_in(table.column("employee_id"), pa.array(wanted, pa.string()))
-    if exclude_job:
-        mask = pc.and_(mask, pc.not_equal(table.column("job_id"), exclude_job))
-    found: dict[str, list[dict]] = {}
-    for row in reversed(table.filter(pc.fill_null(mask, False)).to_pylist()):
-        rows = found.setdefault(row["employee_id"], [])
-        if len(rows) < per_employee:
-            rows.append(row)
-    return found
+    index = PriorVerdicts(storage, gallery, exclude_job, per_employee)
+    return {e: rows for e in wanted if (rows := index.rows(e))}
 
 
 def describe(row: dict) -> str:

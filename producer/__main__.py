@@ -77,6 +77,9 @@ def build_parser(prog: str = "faceq") -> argparse.ArgumentParser:
     enroll = commands.add_parser("enroll", help="build a new version of an enrolment gallery", epilog=_ENV_HELP)
     enroll.add_argument("manifest", help="CSV (local or s3://): employee_id, image (several images per employee allowed)")
     enroll.add_argument("--gallery", required=True, help="gallery name")
+    enroll.add_argument("--update", action="store_true",
+                        help="delta enrolment: a new version that adds or replaces only this manifest's employees "
+                             "and carries every other employee over unchanged")
     _add_job_options(enroll, default_mode="crop")
     report = commands.add_parser("report", help="fetch (or regenerate) a job's report.html")
     report.add_argument("job_id")
@@ -98,7 +101,41 @@ def build_parser(prog: str = "faceq") -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=20)
     commands.add_parser("workers", help="live workers from their heartbeats (device, batch settings, images/s)")
     commands.add_parser("galleries", help="enrolment galleries and their versions, as JSON")
+    _add_review_commands(commands)
     return parser
+
+
+def _add_review_commands(commands) -> None:
+    """verdict, verdicts and gallery show / photos / remove (the review loop and gallery upkeep)."""
+    from faceq.verdicts import VERDICTS
+
+    verdict = commands.add_parser("verdict", help="record a reviewer's verdict on one item of a finished job")
+    verdict.add_argument("job_id")
+    verdict.add_argument("item_id", help="the item (attendance: the record_id), as in review.csv")
+    verdict.add_argument("verdict", choices=VERDICTS)
+    verdict.add_argument("--note", default="", help="why (shown beside later flags of the same employee)")
+    verdict.add_argument("--reviewer", help="who decided (default: FACEQ_REVIEWER, else the login name)")
+    review = commands.add_parser("review", help="a local page to work through a job's review queue and record "
+                                                "verdicts (127.0.0.1 only; Ctrl-C stops it)")
+    review.add_argument("job_id")
+    review.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)")
+    review.add_argument("--reviewer", help="who decides (default: FACEQ_REVIEWER, else the login name)")
+    verdicts = commands.add_parser("verdicts", help="the verdicts recorded on a job, as JSON")
+    verdicts.add_argument("job_id")
+    verdicts.add_argument("--latest", action="store_true", help="only the newest verdict per item")
+    gallery = commands.add_parser("gallery", help="show a gallery, an employee's enrolment photos, remove employees")
+    actions = gallery.add_subparsers(dest="gallery_command", required=True)
+    show = actions.add_parser("show", help="a gallery version (mode, model, changes) and its employees, as JSON")
+    show.add_argument("name")
+    show.add_argument("--version", type=int, help="default: the current version")
+    photos = actions.add_parser("photos", help="an employee's enrolment photos (URIs; --out: a page with them)")
+    photos.add_argument("name")
+    photos.add_argument("employee_id")
+    photos.add_argument("--version", type=int, help="default: the current version")
+    photos.add_argument("--out", type=Path, help="write an HTML page with the photos")
+    remove = actions.add_parser("remove", help="a new gallery version without these employees")
+    remove.add_argument("name")
+    remove.add_argument("employee_ids", nargs="+", metavar="EMPLOYEE")
 
 
 def expand_dates(value: str | None, now: datetime | None = None) -> str | None:
@@ -135,10 +172,17 @@ def _print_summary(summary: dict, storage: Storage) -> None:
               f"{len(gallery['rejected_images'])} images rejected, "
               f"{len(gallery['employees_without_usable_image'])} employees without a usable image, "
               f"{len(gallery['likely_duplicates'])} likely duplicate pairs")
+        if gallery.get("kind") == "delta":
+            changes = gallery["changes"]
+            print(f"  changes:      against v{gallery['base_version']}: " + ", ".join(
+                f"{what} {', '.join(changes[what])}" for what in ("added", "updated", "kept_previous")
+                if changes[what]) + f"; {changes['unchanged']} unchanged")
     if "decision" in summary["counts"]:
         print(f"  decisions:    {json.dumps(summary['counts']['decision'])}")
     for alert in summary["alerts"]:
         print(f"  ALERT:        {alert['message']}")
+    for warning in summary.get("warnings") or []:
+        print(f"  WARNING:      {warning}")
     if storage.exists(summary["outputs"]["report"]):
         print(f"  report:       {storage.uri(summary['outputs']['report'])}")
     if any("-random-" in model_id for model_id in summary["model_ids"]):
@@ -186,7 +230,8 @@ def _submit(args, client: Client) -> Job:
     if args.command == "attendance":
         return client.attendance(manifest, gallery=args.gallery, top_k=args.top_k, mode=args.mode, job_id=job_id,
                                  chunk_size=args.chunk_size, report=not args.no_report, progress=progress)
-    return client.enroll(manifest, gallery=args.gallery, mode=args.mode, job_id=job_id, progress=progress)
+    return client.enroll(manifest, gallery=args.gallery, mode=args.mode, job_id=job_id, progress=progress,
+                         update=args.update)
 
 
 SUBMIT_COMMANDS = ("audit", "attendance", "enroll")
@@ -220,12 +265,54 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "galleries":
         print(json.dumps(client.galleries(), indent=2))
         return EXIT_OK
+    if args.command in ("verdict", "verdicts", "gallery", "review"):
+        return _review_command(args, client)
     if args.command == "report":
         out = args.out or Path(f"{args.job_id}.html")
         out.write_bytes(fetch_report(storage, args.job_id, regenerate=args.regenerate))
         print(f"wrote {out}")
         return EXIT_OK
     return _status(client, args.job_id)
+
+
+def _review_command(args, client: Client) -> int:
+    if args.command == "verdict":
+        row = client.job(args.job_id).record_verdict(args.item_id, args.verdict, args.note, args.reviewer)
+        print(json.dumps(row, indent=2, default=str))
+        return EXIT_OK
+    if args.command == "verdicts":
+        print(json.dumps(client.job(args.job_id).verdicts(latest=args.latest), indent=2, default=str))
+        return EXIT_OK
+    if args.command == "review":
+        from producer.review_server import ReviewServer
+
+        server = ReviewServer(client, args.job_id, port=args.port, reviewer=args.reviewer)
+        print(f"review page for job {args.job_id}: {server.url}  (only this URL works; Ctrl-C stops it)", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.httpd.server_close()
+        return EXIT_OK
+    if args.gallery_command == "show":
+        print(json.dumps(client.gallery(args.name, args.version), indent=2, default=str))
+        return EXIT_OK
+    if args.gallery_command == "photos":
+        photos = client.enrolment_photos(args.name, args.employee_id, args.version)
+        if not photos:
+            raise JobError(f"gallery {args.name} records no enrolment photo of {args.employee_id!r}")
+        if args.out:
+            from faceq.report import enrolment_photos_page
+
+            args.out.write_text(enrolment_photos_page(client.storage, args.name, args.employee_id, photos))
+            print(f"wrote {args.out}")
+        print(json.dumps(photos, indent=2, default=str))
+        return EXIT_OK
+    result = client.remove_employees(args.name, args.employee_ids)
+    print(f"gallery {args.name} v{result['version']}: removed {', '.join(result['changes']['removed'])}; "
+          f"{result['n_employees']} employees remain (v{result['base_version']} is kept unchanged)")
+    return EXIT_OK
 
 
 def _resume(args, client: Client) -> int:

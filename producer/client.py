@@ -87,6 +87,22 @@ class Job:
         resume(self.client.storage, self.client.ledger, self.job_id, self.client.settings.broker_url)
         return self
 
+    def record_verdict(self, item_id: str, verdict: str, note: str = "", reviewer: str | None = None) -> dict:
+        """A reviewer's verdict on one item of this finished job: ``confirmed``, ``rejected`` or
+        ``retake``, with a note. Stored in jobs/<id>/verdicts.parquet (and the gallery's verdict
+        index, so later reports show it beside the same employee). Returns the stored row."""
+        from faceq import verdicts
+
+        return verdicts.record(self.client.storage, self.job_id, item_id, verdict, note,
+                               reviewer or default_reviewer(), lock=self.client.verdict_lock)
+
+    def verdicts(self, latest: bool = False) -> list[dict]:
+        """Every verdict recorded on this job, oldest first; ``latest``: only the newest per item."""
+        from faceq import verdicts
+
+        table = verdicts.read(self.client.storage, verdicts.job_verdicts_key(self.job_id))
+        return list(verdicts.latest_per_item(table).values()) if latest else table.to_pylist()
+
 
 class Client:
     def __init__(self, settings: Settings, check: bool = True):
@@ -153,9 +169,12 @@ class Client:
         return self._manifest_job(manifest, options, job_id, progress)
 
     def enroll(self, manifest: str | Path | Iterable[Mapping[str, str]], *, gallery: str, mode: str = "crop",
-               job_id: str | None = None, progress: bool = False) -> Job:
-        """Build a new version of ``gallery`` from employee_id, image rows (CSV or dicts)."""
-        return self._manifest_job(manifest, JobOptions("enroll", mode=mode, gallery=gallery), job_id, progress)
+               job_id: str | None = None, progress: bool = False, update: bool = False) -> Job:
+        """Build a new version of ``gallery`` from employee_id, image rows (CSV or dicts).
+        ``update``: a delta on the current version — only the manifest's employees are added or
+        replaced, every other employee is carried over unchanged."""
+        return self._manifest_job(manifest, JobOptions("enroll", mode=mode, gallery=gallery, gallery_update=update),
+                                  job_id, progress)
 
     def _manifest_job(self, manifest, options: JobOptions, job_id: str | None, progress: bool,
                       extra_roots: tuple[str, ...] = ()) -> Job:
@@ -166,6 +185,9 @@ class Client:
                 path = Path(tmp) / "rows.csv"
                 _write_rows(path, manifest)
                 return self._manifest_job(path, options, job_id, progress, (Path.cwd().as_uri(), *extra_roots))
+        if options.gallery and (options.kind == "attendance" or options.gallery_update) and \
+                GalleryStore(self.storage).exists(options.gallery):
+            GalleryStore(self.storage).check_mode(options.gallery, options.mode)  # crop vs detect: refused
         manifest = str(manifest)
         base = manifest.rsplit("/", 1)[0] + "/" if manifest.startswith("s3://") else \
             Path(manifest).resolve().parent.as_uri()
@@ -224,6 +246,39 @@ class Client:
 
     def header(self, job_id: str) -> JobHeader | None:
         return current_header(self.storage, job_id)
+
+    # -- reviewing and maintaining galleries -------------------------------------------------
+
+    def verdict_lock(self, name: str):
+        """Serialises verdict appends to one object (the broker's lock)."""
+        return self.ledger.redis.lock(f"faceq:verdict-lock:{name}", timeout=60, blocking_timeout=30)
+
+    def gallery(self, name: str, version: int | None = None) -> dict:
+        """How a gallery version was made (mode, model, kind, changes, …) and its employees."""
+        store = GalleryStore(self.storage)
+        info = store.info(name, version)
+        return {**info, "versions": store.versions(name), "employees": store.employees(name, info["version"])}
+
+    def enrolment_photos(self, name: str, employee_id: str, version: int | None = None) -> list[dict]:
+        """The enrolment images of one employee in a gallery version (``used``: in the template)."""
+        members = GalleryStore(self.storage).members(name, version, [employee_id])
+        return sorted(members, key=lambda m: (not m["used"], -(m["quality"] or 0.0)))
+
+    def remove_employees(self, name: str, employee_ids: Iterable[str], by: str | None = None) -> dict:
+        """A new version of ``name`` without ``employee_ids``; returns what it records."""
+        with self.ledger.redis.lock(f"faceq:gallery-lock:{name}", timeout=300, blocking_timeout=60):
+            return GalleryStore(self.storage).remove(name, list(employee_ids), by=by or default_reviewer())
+
+
+def default_reviewer() -> str:
+    """FACEQ_REVIEWER, else the login name."""
+    import getpass
+    import os
+
+    try:
+        return os.environ.get("FACEQ_REVIEWER") or getpass.getuser()
+    except Exception:  # no login name (containers)
+        return ""
 
 
 def _write_rows(path: Path, rows: Iterable[Mapping[str, str]]) -> None:

@@ -24,7 +24,8 @@ def fetch_report(storage: Storage, job_id: str, regenerate: bool = False) -> byt
     header = JobHeader.from_json(storage.get_bytes(jobs.header_key(job_id, summary["run_id"])))
     alerted = {a["source"] for a in summary["alerts"]}
     with tempfile.TemporaryDirectory(prefix="faceq-report-") as tmp:
-        _, listed = write_review(storage, header, alerted, Path(tmp) / "review.csv")
+        _, listed = write_review(storage, header, alerted, Path(tmp) / "review.csv",
+                                 thresholds=summary.get("thresholds"))
     html = render_report(summary, listed, storage, verification=header.verifies).encode()
     storage.put_bytes(key, html, "text/html; charset=utf-8")
     return html

@@ -1,0 +1,268 @@
+"""``faceq review JOB_ID``: a small local page to work through a job's review queue.
+
+The report's review queue, served on the loopback interface, with three buttons per item
+(confirm, reject, retake) and a note: a click records the verdict exactly as ``faceq verdict``
+does (jobs/<id>/verdicts.parquet and the gallery's verdict index). Every section pages
+through all of its items, not only the first ones the static report lists, and a click on
+a check-in photo opens it full size (read from storage, whatever the storage is, and
+re-encoded as JPEG with the face box drawn).
+
+Only the person who started it can use it: it listens on 127.0.0.1 only, every path starts
+with a random token printed once on the terminal (anything else is 404), the Host header
+must name the loopback address (no DNS rebinding), forms post back to the same origin, and
+the page runs no scripts (its Content-Security-Policy forbids them). Photos are served only
+for items of this job.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+import re
+import secrets
+import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, quote, urlsplit
+
+from faceq import jobs
+from faceq.errors import FaceqError
+from faceq.guidance import guidance_for
+from faceq.jobs import JobHeader
+from faceq.report import _CSS, photo, render_review_queue
+from faceq.summary import SECTION_ROWS, ReviewQueue, flagged_page, write_review
+from faceq.verdicts import VERDICTS
+
+log = logging.getLogger(__name__)
+
+FULL_PX = 2048  # full-size view: the photo re-encoded, at most this many pixels a side
+MAX_FORM_BYTES = 16 * 1024
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+_BACK = re.compile(r"^(section/[A-Za-z0-9_]+\?page=\d+)?$")
+_ANCHOR = re.compile(r"^item-\d+$")
+
+
+class ReviewServer:
+    def __init__(self, client, job_id: str, port: int = 0, reviewer: str | None = None,
+                 page_size: int = SECTION_ROWS):
+        from producer.client import default_reviewer
+
+        self.client = client
+        self.storage = client.storage
+        self.job = client.job(job_id)
+        self.summary = self.job.summary
+        self.header = JobHeader.from_json(self.storage.get_bytes(jobs.header_key(job_id, self.summary["run_id"])))
+        self.alerted = {a["source"] for a in self.summary["alerts"]}
+        self.reviewer = reviewer or default_reviewer()
+        self.page_size = page_size
+        with tempfile.TemporaryDirectory(prefix="faceq-review-") as tmp:  # counts and first rows: one pass
+            _, self.queue = write_review(self.storage, self.header, self.alerted, Path(tmp) / "review.csv",
+                                         thresholds=self.summary.get("thresholds"), section_rows=page_size)
+        self.token = secrets.token_urlsafe(18)
+        self._photos: dict[tuple[str, int], dict] = {}  # (item_id, face_index) → row: what /photo may read
+        self._lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
+        self.httpd.daemon_threads = True
+
+    @property
+    def port(self) -> int:
+        return self.httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{self.token}/"
+
+    def serve_forever(self) -> None:
+        self.httpd.serve_forever()
+
+    def start(self) -> "ReviewServer":
+        threading.Thread(target=self.httpd.serve_forever, daemon=True, name="faceq-review").start()
+        return self
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    # -- pages ----------------------------------------------------------------------------------
+
+    def _remember(self, rows) -> None:
+        with self._lock:
+            for row in rows:
+                self._photos[(row["item_id"], row.get("face_index") or 0)] = row
+
+    def _photo_link(self, row: dict) -> str:
+        return f"/{self.token}/photo?item={quote(row['item_id'], safe='')}&face={row.get('face_index') or 0}"
+
+    def _form(self, back: str):
+        def form(row: dict, anchor: str) -> str:
+            e = lambda v: html.escape(str(v), quote=True)  # noqa: E731
+            buttons = "".join(f"<button type='submit' name='verdict' value='{v}'>{label}</button> " for v, label in
+                              (("confirmed", "Confirm"), ("rejected", "Reject"), ("retake", "Retake")))
+            return (f"<form class='verdict-form' method='post' action='/{self.token}/verdict'>"
+                    f"<input type='hidden' name='item_id' value='{e(row['item_id'])}'>"
+                    f"<input type='hidden' name='back' value='{e(back)}'><input type='hidden' name='anchor' "
+                    f"value='{e(anchor)}'><input name='note' placeholder='note (optional)' maxlength='2000' size='28'> "
+                    f"<input name='reviewer' value='{e(self.reviewer)}' maxlength='128' size='10' "
+                    f"aria-label='reviewer'> {buttons}</form>")
+        return form
+
+    def _page(self, title: str, body: str) -> str:
+        return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                f"<style>{_CSS} form.verdict-form{{margin-top:6px}}</style></head><body>{body}</body></html>")
+
+    def _section_note(self, section: str, count: int, listed: int) -> str:
+        if count <= listed:
+            return f"{count} item(s)"
+        return (f"first {listed} of {count} — <a class='more' href='/{self.token}/section/{section}?page=2'>"
+                f"next {min(self.page_size, count - listed)} →</a>")
+
+    def overview(self) -> str:
+        self._remember(self.queue)
+        job = html.escape(self.summary["job_id"])
+        intro = (f"<p>{sum(self.queue.counts.values())} item(s) to review, most urgent first. Record a verdict "
+                 f"with the buttons; it is stored with the job and shown beside the employee's later flags.</p>")
+        body = (f"<h1>Review: {self.summary['kind']} job <code>{job}</code></h1><p class='muted'>gallery "
+                f"{html.escape(str(self.summary.get('gallery') or '—'))} · reviewer "
+                f"{html.escape(self.reviewer)}</p>"
+                + render_review_queue(self.summary, self.queue, self.storage, self.header.verifies,
+                                      photo_link=self._photo_link, row_extra=self._form(""),
+                                      section_note=self._section_note, intro=intro))
+        return self._page(f"review {self.summary['job_id']}", body)
+
+    def section(self, section: str, page: int) -> str:
+        count = self.queue.counts.get(section, 0)
+        pages = max(1, -(-count // self.page_size))
+        if not count or not 1 <= page <= pages:
+            raise LookupError(section)
+        rows = flagged_page(self.storage, self.header, self.alerted, section, (page - 1) * self.page_size,
+                            self.page_size)
+        self._remember(rows)
+        queue = ReviewQueue(self.header.verifies, section_rows=self.page_size, total_rows=self.page_size)
+        for row in rows:
+            queue.add(row, folded=False)
+        queue.counts[section] = count
+        queue.employees = {}
+        start = (page - 1) * self.page_size
+        nav = [f"<a href='/{self.token}/'>overview</a>"]
+        if page > 1:
+            nav.append(f"<a class='previous' href='/{self.token}/section/{section}?page={page - 1}'>← previous</a>")
+        if page < pages:
+            nav.append(f"<a class='next' href='/{self.token}/section/{section}?page={page + 1}'>next →</a>")
+        note = lambda *_: f"items {start + 1}–{start + len(rows)} of {count} · " + " · ".join(nav)  # noqa: E731
+        body = (f"<h1>{html.escape(guidance_for(section).title)} — page {page} of {pages}</h1>"
+                + render_review_queue(self.summary, queue, self.storage, self.header.verifies,
+                                      photo_link=self._photo_link,
+                                      row_extra=self._form(f"section/{section}?page={page}"),
+                                      section_note=note, intro=""))
+        return self._page(f"review {self.summary['job_id']}: {section} page {page}", body)
+
+    def full_photo(self, item_id: str, face: int) -> bytes:
+        with self._lock:
+            row = self._photos.get((item_id, face))
+        if row is None or not row.get("source_uri"):
+            raise LookupError(item_id)
+        encoded = photo(self.storage, row["source_uri"], FULL_PX, row.get("bbox"), row.get("landmarks"), scale=1.0)
+        if encoded is None:
+            raise LookupError(item_id)
+        return base64.b64decode(encoded)
+
+    def record(self, form: dict[str, str]) -> str:
+        """Record the posted verdict; returns where to send the browser back to."""
+        verdict, back, anchor = form.get("verdict", ""), form.get("back", ""), form.get("anchor", "")
+        if verdict not in VERDICTS or not _BACK.match(back) or (anchor and not _ANCHOR.match(anchor)):
+            raise ValueError("malformed verdict form")
+        reviewer = form.get("reviewer") or self.reviewer
+        self.job.record_verdict(form.get("item_id", ""), verdict, form.get("note", ""), reviewer)
+        self.reviewer = reviewer
+        return f"/{self.token}/{back}" + (f"#{anchor}" if anchor else "")
+
+
+def _handler(server: ReviewServer):
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "faceq-review"
+        sys_version = ""
+
+        def log_message(self, format, *args):  # noqa: A002 - the token stays out of the logs
+            log.debug("review page: %s", (format % args).replace(server.token, "…"))
+
+        def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
+            self.send_response(status)
+            for name, value in {**SECURITY_HEADERS, **(headers or {})}.items():
+                self.send_header(name, value)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def _text(self, status: int, message: str) -> None:
+            self._send(status, server._page("faceq review", f"<p>{html.escape(message)}</p>").encode(),
+                       "text/html; charset=utf-8")
+
+        def _route(self) -> tuple[str, dict] | None:
+            """The path after the token, and the query; None (answered 404/421) otherwise."""
+            if self.headers.get("Host") not in (f"127.0.0.1:{server.port}", f"localhost:{server.port}"):
+                self._text(421, "wrong host")
+                return None
+            parts = urlsplit(self.path)
+            prefix = f"/{server.token}/"
+            if not parts.path.startswith(prefix):
+                self._text(404, "not found")
+                return None
+            return parts.path[len(prefix):], parse_qs(parts.query)
+
+        def do_GET(self):  # noqa: N802
+            route = self._route()
+            if route is None:
+                return
+            path, query = route
+            try:
+                if path == "":
+                    self._send(200, server.overview().encode(), "text/html; charset=utf-8")
+                elif path.startswith("section/"):
+                    page = int((query.get("page") or ["1"])[0])
+                    self._send(200, server.section(path[len("section/"):], page).encode(), "text/html; charset=utf-8")
+                elif path == "photo":
+                    data = server.full_photo((query.get("item") or [""])[0], int((query.get("face") or ["0"])[0]))
+                    self._send(200, data, "image/jpeg")
+                else:
+                    self._text(404, "not found")
+            except (LookupError, ValueError):
+                self._text(404, "not found")
+            except FaceqError as exc:
+                self._text(400, str(exc))
+
+        def do_POST(self):  # noqa: N802
+            route = self._route()
+            if route is None:
+                return
+            path, _ = route
+            length = int(self.headers.get("Content-Length") or 0)
+            if path != "verdict" or length > MAX_FORM_BYTES or \
+                    not (self.headers.get("Content-Type") or "").startswith("application/x-www-form-urlencoded"):
+                self._text(400, "not a verdict form")
+                return
+            origin = self.headers.get("Origin")
+            if origin not in (None, "null", f"http://127.0.0.1:{server.port}", f"http://localhost:{server.port}"):
+                self._text(403, "cross-origin form refused")
+                return
+            form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode("utf-8", "replace")).items()}
+            try:
+                location = server.record(form)
+            except ValueError:
+                self._text(400, "malformed verdict form")
+                return
+            except FaceqError as exc:
+                self._text(400, f"not recorded: {exc}")
+                return
+            self._send(303, b"", "text/plain", {"Location": location})
+
+    return Handler
