@@ -20,7 +20,6 @@ import pytest
 
 from faceq import jobs
 from faceq.devstack import RedisServer, WorkerProcess
-from faceq.results import read_parquet
 from faceq.storage import Storage, open_storage
 from producer.samples import write_sample_set
 from tests.conftest import assert_embedding_ok, job_rows, needs_yunet, start_worker, worker_env

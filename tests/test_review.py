@@ -18,14 +18,13 @@ import numpy as np
 import pytest
 
 from faceq import Client
-from faceq.devstack import RedisServer
 from faceq.errors import JobError
 from faceq.gallery import GalleryStore
 from faceq.results import read_parquet
 from producer.samples import draw_face, encode
-from tests.conftest import needs_yunet, start_worker, worker_env
+from tests.conftest import needs_yunet
 from tests.dom import parse
-from tests.test_end_to_end import Stack
+from tests.test_attendance import gallery_stack
 
 pytestmark = pytest.mark.integration
 
@@ -34,17 +33,7 @@ CHECKIN_COLUMNS = ["record_id", "employee_id", "image", "device_id", "captured_a
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("review")
-    with RedisServer(tmp / "redis") as redis_server:
-        env = worker_env(redis_server.url, (tmp / "store").as_uri(), FACEQ_MATCH_SIMILARITY="0.97",
-                         FACEQ_MISMATCH_SIMILARITY="0.95", FACEQ_DUPLICATE_SIMILARITY="0.97", FACEQ_CHUNK_SIZE="2")
-        worker = start_worker(env, tmp, "review-worker")
-        try:
-            from faceq.storage import open_storage
-
-            yield Stack(env, open_storage((tmp / "store").as_uri()), worker), tmp
-        finally:
-            worker.stop()
+    yield from gallery_stack(tmp_path_factory, "review")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ skipped; a part is rewritten under the same name), poison chunks (recorded as fa
 
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 import os
