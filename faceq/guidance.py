@@ -1,9 +1,12 @@
 """What a flagged item means and what to do about it, in words for HR and site managers.
 
-Every decision of ``models/decisions.py`` (attendance) and every review reason (audits and
-attendance) has a plain-language explanation and a recommended action. The review queue is
-grouped into sections by what a person has to do, most urgent first. Pure data and string
-formatting: no torch, no storage.
+Every decision of ``models/decisions.py`` (attendance and compare) and every review reason
+(audits and attendance) has a plain-language explanation and a recommended action. The review
+queue is grouped into sections by what a person has to do, most urgent first. Pure data and
+string formatting: no torch, no storage.
+
+``decides`` (``JobHeader.decides``) says which decisions a job's rows carry: ``"attendance"``,
+``"compare"`` or None (audits, enrolment: sections by review reason).
 """
 
 from __future__ import annotations
@@ -63,9 +66,45 @@ DECISION_GUIDANCE: dict[str, Guidance] = {
         "none"),
 }
 
+# One entry per compare decision (models.decisions.COMPARE_DECISIONS): two photos, no claimed employee.
+COMPARE_GUIDANCE: dict[str, Guidance] = {
+    "different": Guidance(
+        "Different people",
+        "Both photos are clear, but the faces do not look like the same person.",
+        "Check ID: look at both photos. If they are the same person after all (age, glasses, beard), confirm; "
+        "if not, reject the pair and follow up (wrong badge photo, someone else's ID).",
+        "check ID"),
+    "grey_zone": Guidance(
+        "Unsure: needs a second look",
+        "The faces are only partly similar, or one of the photos is of borderline quality.",
+        "Compare the two photos yourself or confirm the person another way (ID check, a new photo).",
+        "compare / confirm"),
+    "untrusted": Guidance(
+        "Photo too poor to judge",
+        "At least one of the two photos is too poor for a decision (blurred, dark, backlit, turned away, covered).",
+        "Retake the poorer photo (see both qualities), or check the person by hand.",
+        "retake"),
+    "no_face": Guidance(
+        "No face found",
+        "No face could be found in one of the two photos.",
+        "Check which photo has no face (face count 0) and retake it.",
+        "retake"),
+    "error": Guidance(
+        "Unreadable photo",
+        "One of the two photo files could not be read (missing, empty, cut off, not an image, too large).",
+        "The error names image_a or image_b: fix or replace that file and run the pair again.",
+        "fix file"),
+    "same": Guidance(
+        "Same person",
+        "Both photos show the same person.",
+        "Nothing to do.",
+        "none"),
+}
+
 # … and one per review reason (models.decisions.review_reasons and verify's reasons).
 REASON_GUIDANCE: dict[str, Guidance] = {
     "possible_impersonation": DECISION_GUIDANCE["mismatch"],
+    "different_person": COMPARE_GUIDANCE["different"],
     "grey_zone": DECISION_GUIDANCE["grey_zone"],
     "not_enrolled": DECISION_GUIDANCE["not_enrolled"],
     "no_face": DECISION_GUIDANCE["no_face"],
@@ -90,15 +129,23 @@ REASON_GUIDANCE: dict[str, Guidance] = {
 
 OTHER = Guidance("Other", "Flagged for review.", "Look at the photo.", "review")
 
-# Sections, most urgent first: attendance rows by decision, audit rows by their first reason in this order.
+# Sections, most urgent first: rows with decisions by decision, audit rows by their first reason in this order.
 ATTENDANCE_SECTIONS = ("mismatch", "grey_zone", "not_enrolled", "untrusted", "no_face", "error")
+COMPARE_SECTIONS = ("different", "grey_zone", "untrusted", "no_face", "error", "multiple_faces")
 AUDIT_SECTIONS = ("error", "no_face", "likely_not_a_face", "low_quality", "multiple_faces")
 
 
-def section_of(row: dict, verification: bool) -> str:
-    """The review-queue section a flagged row belongs to."""
-    if verification and row.get("decision"):
-        return row["decision"] if row["decision"] in DECISION_GUIDANCE else "other"
+def _decision_guidance(decides: str | None) -> dict[str, Guidance]:
+    return {"attendance": DECISION_GUIDANCE, "compare": COMPARE_GUIDANCE}.get(decides or "", {})
+
+
+def section_of(row: dict, decides: str | None) -> str:
+    """The review-queue section a flagged row belongs to (a ``same`` pair that is flagged goes
+    by its reason: several faces)."""
+    guidance = _decision_guidance(decides)
+    decision = row.get("decision")
+    if guidance and decision and decision != "same":
+        return decision if decision in guidance else "other"
     reasons = row.get("review_reasons") or []
     for reason in AUDIT_SECTIONS:
         if reason in reasons:
@@ -106,38 +153,49 @@ def section_of(row: dict, verification: bool) -> str:
     return reasons[0] if reasons and reasons[0] in REASON_GUIDANCE else "other"
 
 
-def section_order(verification: bool) -> tuple[str, ...]:
-    return (ATTENDANCE_SECTIONS if verification else AUDIT_SECTIONS) + ("other",)
+def section_order(decides: str | None) -> tuple[str, ...]:
+    order = {"attendance": ATTENDANCE_SECTIONS, "compare": COMPARE_SECTIONS}.get(decides or "", AUDIT_SECTIONS)
+    return order + ("other",)
 
 
-def guidance_for(section: str) -> Guidance:
-    return DECISION_GUIDANCE.get(section) or REASON_GUIDANCE.get(section) or OTHER
+def guidance_for(section: str, decides: str | None = None) -> Guidance:
+    return _decision_guidance(decides).get(section) or DECISION_GUIDANCE.get(section) or \
+        REASON_GUIDANCE.get(section) or OTHER
 
 
-def explain(row: dict, verification: bool, thresholds: dict | None = None) -> tuple[str, str]:
+def explain(row: dict, decides: str | None, thresholds: dict | None = None) -> tuple[str, str]:
     """(plain-language reason, recommended action) for one flagged row, with its numbers."""
-    section = section_of(row, verification)
-    guide = guidance_for(section)
+    section = section_of(row, decides)
+    guide = guidance_for(section, decides)
     reason = guide.reason
     similarity = row.get("similarity")
-    if section == "mismatch" and similarity is not None:
+    quality = _num(row.get("quality")) + (f" and {_num(row.get('quality_b'))}" if decides == "compare" else "")
+    if section in ("mismatch", "different") and similarity is not None:
         reason += f" Similarity {similarity:.2f}"
         if thresholds:
             reason += f" (below {thresholds.get('mismatch_similarity')})"
         reason += "."
     elif section == "grey_zone" and similarity is not None:
-        reason += f" Similarity {similarity:.2f}, quality {_num(row.get('quality'))}."
+        reason += f" Similarity {similarity:.2f}, quality {quality}."
+    elif section == "untrusted" and decides == "compare":
+        reason += f" Quality {quality}" + (f" (below {thresholds.get('review_quality')})." if thresholds else ".")
     elif section in ("untrusted", "low_quality", "likely_not_a_face") and row.get("quality") is not None:
         reason += f" Quality {row['quality']:.2f}" + (f" (below {thresholds.get('review_quality')})."
                                                      if thresholds else ".")
     if section in ("mismatch", "grey_zone") and row.get("best_candidate_id") and \
             row.get("best_candidate_id") != row.get("employee_id"):
         reason += f" Looks most like {row['best_candidate_id']}."
-    if section == "error" and row.get("error"):
-        reason += f" ({row['error'].split(':', 1)[0]})"
+    if section == "error" and row.get("error"):  # the code, never the message (it may name a path)
+        causes = row["error"].split("; ") if decides == "compare" else [row["error"]]
+        keep = 2 if decides == "compare" else 1  # "image_b: unreadable"
+        reason += f" ({'; '.join(':'.join(c.split(':', keep)[:keep]) for c in causes)})"
     extra = [r for r in (row.get("review_reasons") or []) if r != section and r in REASON_GUIDANCE
              and REASON_GUIDANCE[r] is not guide]
-    if "multiple_faces" in extra or section == "multiple_faces":
+    if decides == "compare" and ("multiple_faces" in extra or section == "multiple_faces"):
+        reason += (f" The largest face was compared; the photos have {row.get('face_count') or 0} and "
+                   f"{row.get('face_count_b') or 0} faces.")
+        extra = [r for r in extra if r != "multiple_faces"]
+    elif "multiple_faces" in extra or section == "multiple_faces":
         reason += f" This row is face {(row.get('face_index') or 0) + 1} of {row.get('face_count') or '?'} (boxed)."
         extra = [r for r in extra if r != "multiple_faces"]
     for other in extra:

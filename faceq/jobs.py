@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from faceq.errors import JobError
 
-JOB_KINDS = ("audit", "attendance", "enroll")
+JOB_KINDS = ("audit", "attendance", "enroll", "compare")
 MODES = ("crop", "detect")  # see models/preprocess.py
 _SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,%d}$"
 
@@ -158,6 +158,13 @@ class JobHeader:
     def verifies(self) -> bool:
         """Attendance against a gallery: rows carry decisions and similarities."""
         return self.kind == "attendance" and self.gallery is not None
+
+    @property
+    def decides(self) -> str | None:
+        """Which decisions the rows carry: ``attendance`` (against a gallery), ``compare`` (pairs) or none."""
+        if self.verifies:
+            return "attendance"
+        return "compare" if self.kind == "compare" else None
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self) | {"n_chunks": self.n_chunks}, indent=1).encode()

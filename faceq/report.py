@@ -162,10 +162,16 @@ def _box(row: dict, name: str):
     return tuple(value) if value is not None else None
 
 
-def checkin_key(row: dict) -> PhotoKey | None:
-    if row.get("status") == "error" or not row.get("source_uri"):
+def checkin_key(row: dict, suffix: str = "") -> PhotoKey | None:
+    """The photo shown for a row (``suffix="_b"``: a compare pair's second photo), boxed; none for
+    an unreadable one (a pair's error names the photo: ``image_a: …`` / ``image_b: …``)."""
+    uri = row.get("source_uri" + suffix)
+    if not uri:
         return None
-    return (row["source_uri"], CHECKIN_PX, _box(row, "bbox"), _box(row, "landmarks"))
+    if row.get("status") == "error" and (
+            not row.get("source_uri_b") or f"image_{'b' if suffix else 'a'}:" in (row.get("error") or "")):
+        return None
+    return (uri, CHECKIN_PX, _box(row, "bbox" + suffix), _box(row, "landmarks" + suffix))
 
 
 def reference_key(uri: str) -> PhotoKey:
@@ -190,6 +196,10 @@ def _img(b64: str | None, css: str, alt: str) -> str:
     if not b64:
         return f"<span class='nophoto {css}-missing'>no photo</span>"
     return f"<img class='{css}' alt='{_a(alt)}' src='data:image/jpeg;base64,{b64}'>"
+
+
+def _score(value: float | None) -> str:
+    return "?" if value is None else f"{value:.3f}"
 
 
 def _captured(row: dict) -> str:
@@ -246,8 +256,7 @@ class ReviewContext:
     def photo_keys(self, rows: list[dict]) -> set[PhotoKey]:
         keys = set()
         for row in rows:
-            if (key := checkin_key(row)) is not None:
-                keys.add(key)
+            keys.update(key for key in (checkin_key(row), checkin_key(row, "_b")) if key is not None)
         for members in self.photos.values():
             keys.update(reference_key(m["source_uri"]) for m in members if m.get("source_uri"))
         return keys
@@ -261,14 +270,15 @@ def _reference_photos(context: ReviewContext, images: dict, employee: str, css: 
                    for m in members if m.get("source_uri"))
 
 
-def _item(row: dict, index: int, summary: dict, context: ReviewContext, images: dict, verification: bool,
+def _item(row: dict, index: int, summary: dict, context: ReviewContext, images: dict, decides: str | None,
           photo_link: Callable[[dict], str | None], row_extra: Callable[[dict, str], str] | None) -> str:
     from faceq.guidance import explain, section_of
     from faceq.summary import source_of
     from faceq.verdicts import describe
 
-    section = section_of(row, verification)
-    reason, action = explain(row, verification, summary.get("thresholds"))
+    verification = decides == "attendance"
+    section = section_of(row, decides)
+    reason, action = explain(row, decides, summary.get("thresholds"))
     key = checkin_key(row)
     checkin = _img(images.get(key) if key else None, "checkin-photo", f"check-in photo {row['item_id']}")
     link = photo_link(row)
@@ -276,9 +286,13 @@ def _item(row: dict, index: int, summary: dict, context: ReviewContext, images: 
         checkin = f"<a class='full-image' href='{_a(link)}' target='_blank' rel='noopener'>{checkin}</a>"
     face = f"face {(row.get('face_index') or 0) + 1} of {row.get('face_count')}" \
         if (row.get("face_count") or 0) > 1 else "check-in photo" if verification else "photo"
+    if decides == "compare":
+        face = "photo A" + (f" ({row.get('face_count')} faces)" if (row.get("face_count") or 0) > 1 else "")
     parts = [f"<figure class='checkin'>{checkin}<figcaption>{_e(face)}"
              + ("" if link else f"<br><span class='source-uri'>{_e(row.get('source_uri'))}</span>")
              + "</figcaption></figure>"]
+    if decides == "compare":
+        parts.append(_second_photo(row, images))
     employee = row.get("employee_id")
     if verification:
         enrolled = context.photos.get(employee)
@@ -307,9 +321,11 @@ def _item(row: dict, index: int, summary: dict, context: ReviewContext, images: 
     if verification or _captured(row):
         facts += [("Captured", "captured-at", _captured(row))]
     facts += [("Device" if row.get("device_id") else "Source", "device", source_of(row)),
-              ("Record" if verification else "Photo", "item-id", row["item_id"])]
+              ("Record" if verification else "Pair" if decides == "compare" else "Photo", "item-id", row["item_id"])]
     numbers = [f"quality {row['quality']:.3f}"] if row.get("quality") is not None else []
-    if verification:
+    if decides == "compare":
+        numbers = [f"quality A {_score(row.get('quality'))}", f"quality B {_score(row.get('quality_b'))}"]
+    if decides:
         numbers = [f"decision {row.get('decision')}"] + (
             [f"similarity {row['similarity']:.3f}"] if row.get("similarity") is not None else []) + numbers
     facts += [("Result", "result", " · ".join(numbers) or row.get("status"))]
@@ -331,18 +347,27 @@ def _item(row: dict, index: int, summary: dict, context: ReviewContext, images: 
             f"data-section='{_a(section)}'><div class='photos'>{''.join(parts)}</div><div>{details}</div></article>")
 
 
-def _as_queue(flagged, verification: bool):
+def _second_photo(row: dict, images: dict) -> str:
+    """A compare pair's photo B, boxed, with its face count and URI."""
+    key = checkin_key(row, "_b")
+    faces = f" ({row.get('face_count_b')} faces)" if (row.get("face_count_b") or 0) > 1 else ""
+    return (f"<figure class='checkin second-photo'>{_img(images.get(key) if key else None, 'checkin-photo', 'photo B')}"
+            f"<figcaption>photo B{_e(faces)}<br><span class='source-uri'>{_e(row.get('source_uri_b'))}</span>"
+            "</figcaption></figure>")
+
+
+def _as_queue(flagged, decides: str | None):
     from faceq.summary import ReviewQueue
 
     if isinstance(flagged, ReviewQueue):
         return flagged
-    queue = ReviewQueue(verification, section_rows=len(flagged) or 1, total_rows=len(flagged) or 1)
+    queue = ReviewQueue(decides, section_rows=len(flagged) or 1, total_rows=len(flagged) or 1)
     for row in flagged:
         queue.add(row, folded=False)
     return queue
 
 
-def render_review_queue(summary: dict, flagged, storage: Storage, verification: bool, *,
+def render_review_queue(summary: dict, flagged, storage: Storage, decides: str | None, *,
                         photo_link: Callable[[dict], str | None] = full_image_link,
                         row_extra: Callable[[dict, str], str] | None = None,
                         section_note: Callable[[str, int, int], str] | None = None,
@@ -352,7 +377,7 @@ def render_review_queue(summary: dict, flagged, storage: Storage, verification: 
     from faceq.guidance import guidance_for
     from faceq.verdicts import describe
 
-    queue = _as_queue(flagged, verification)
+    queue = _as_queue(flagged, decides)
     sections = queue.sections()
     rows = list(queue)
     top_employees = sorted(queue.employees.items(), key=lambda e: (-sum(e[1].values()), e[0]))[:EMPLOYEE_ROWS]
@@ -376,8 +401,8 @@ def render_review_queue(summary: dict, flagged, storage: Storage, verification: 
         parts.append("<p class='warn'>This gallery version records no enrolment photos (enrolled before faceq "
                      "kept them): enrol again to see them here.</p>")
     if sections:
-        toc = [[f"<a href='#s-{_a(s)}'>{_e(guidance_for(s).title)}</a>", n, len(listed),
-                _e(guidance_for(s).short_action)] for s, n, listed in sections]
+        toc = [[f"<a href='#s-{_a(s)}'>{_e(guidance_for(s, decides).title)}</a>", n, len(listed),
+                _e(guidance_for(s, decides).short_action)] for s, n, listed in sections]
         parts.append("<nav class='toc'>" + _table(["section", "items", "listed here", "action"], toc) + "</nav>")
     if queue.alert_counts:
         parts.append("<h3 id='by-camera-alert'>By camera alert</h3>")
@@ -407,13 +432,13 @@ def render_review_queue(summary: dict, flagged, storage: Storage, verification: 
             + (f"<p class='muted'>{more} more employee(s) with fewer flags: see review.csv.</p>" if more > 0 else ""))
     index = 0
     for section, n, listed in sections:
-        guide = guidance_for(section)
+        guide = guidance_for(section, decides)
         note = section_note(section, n, len(listed)) if section_note else (
             f"first {len(listed)} of {n} (all of them are in review.csv)" if n > len(listed) else f"{n} item(s)")
         parts.append(f"<section class='queue' id='s-{_a(section)}' data-count='{n}'><h3>{_e(guide.title)} "
                      f"<span class='badge'>{n}</span></h3><p class='muted'>{note}</p>")
         for row in listed:
-            parts.append(_item(row, index, summary, context, images, verification, photo_link, row_extra))
+            parts.append(_item(row, index, summary, context, images, decides, photo_link, row_extra))
             index += 1
         parts.append("</section>")
     return "".join(parts)
@@ -441,7 +466,7 @@ def _gallery_section(gallery: dict) -> list[str]:
     return parts
 
 
-def render_report(summary: dict, flagged, storage: Storage, verification: bool, *,
+def render_report(summary: dict, flagged, storage: Storage, decides: str | None, *,
                   photo_link: Callable[[dict], str | None] = full_image_link,
                   row_extra: Callable[[dict, str], str] | None = None,
                   section_note: Callable[[str, int, int], str] | None = None) -> str:
@@ -480,7 +505,7 @@ def render_report(summary: dict, flagged, storage: Storage, verification: bool, 
     gallery = summary.get("gallery")
     if isinstance(gallery, dict):
         parts += _gallery_section(gallery)
-    parts.append(render_review_queue(summary, flagged, storage, verification, photo_link=photo_link,
+    parts.append(render_review_queue(summary, flagged, storage, decides, photo_link=photo_link,
                                      row_extra=row_extra, section_note=section_note))
     parts.append("</body></html>")
     return "".join(parts)

@@ -2,8 +2,8 @@
 
 Columns (see README "Output contract"): job_id, item_id, source_uri, status, error, embedding,
 quality, needs_review, review_reasons, face_count, face_index, bbox, landmarks, model_id,
-processed_at, the verification columns (null unless attendance against a gallery), then the
-job's manifest columns (attendance: record_id, employee_id, …) as strings. The chunk's
+processed_at, the verification columns (null unless attendance against a gallery or compare), the
+second photo of a compare pair (``*_b``, null for other kinds), then the job's manifest columns (attendance: record_id, employee_id, …) as strings. The chunk's
 statistics (items, rows, seconds, worker) travel in the part's Parquet metadata, so a job's
 summary can be rebuilt from storage alone.
 """
@@ -70,6 +70,13 @@ class ItemResult:
     best_candidate_score: float | None = None
     top_k_ids: list[str] | None = None
     top_k_scores: list[float] | None = None
+    # compare: the pair's second photo (the first is source_uri, embedding, quality, …)
+    source_uri_b: str | None = None
+    embedding_b: np.ndarray | None = None
+    quality_b: float | None = None
+    face_count_b: int | None = None
+    bbox_b: list[float] | None = None
+    landmarks_b: list[float] | None = None
 
 
 VERIFICATION_SCHEMA = pa.schema(
@@ -85,6 +92,19 @@ VERIFICATION_SCHEMA = pa.schema(
 )
 
 
+COMPARE_SCHEMA = pa.schema(
+    [
+        ("source_uri_b", pa.string()),
+        ("embedding_b", pa.list_(pa.float32(), EMBEDDING_DIM)),
+        ("quality_b", pa.float32()),
+        ("face_count_b", pa.int32()),
+        ("bbox_b", pa.list_(pa.float32(), 4)),
+        ("landmarks_b", pa.list_(pa.float32(), 10)),
+    ]
+)
+SECOND_IMAGE_FIELD = "image_b"  # compare: the manifest column that becomes source_uri_b
+
+
 # Manifest columns every part has, null where a job has none: one schema for every job kind, so
 # a glob over many jobs reads without options. Other manifest columns go into ``extra``.
 MANIFEST_FIELDS = ("record_id", "employee_id", "device_id")
@@ -96,7 +116,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("extra", pa.map_(pa.string(), pa.string())),
     ]
 )
-_KNOWN_FIELDS = (*MANIFEST_FIELDS, "captured_at")
+_KNOWN_FIELDS = (*MANIFEST_FIELDS, "captured_at", SECOND_IMAGE_FIELD)
 
 
 def field_columns(manifest_columns: tuple[str, ...] | list[str]) -> list[str]:
@@ -117,12 +137,12 @@ def parse_time(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
-RESULT_SCHEMA = pa.schema([*BASE_SCHEMA, *VERIFICATION_SCHEMA, *MANIFEST_SCHEMA])
+RESULT_SCHEMA = pa.schema([*BASE_SCHEMA, *VERIFICATION_SCHEMA, *COMPARE_SCHEMA, *MANIFEST_SCHEMA])
 
 
 def to_table(rows: list[ItemResult], job_id: str = "") -> pa.Table:
     """Rows → an Arrow table with the contract schema: base columns, the verification columns
-    (null unless attendance against a gallery) and the manifest columns."""
+    (null unless attendance against a gallery or compare), the compare columns and the manifest columns."""
     columns = {
         "job_id": [job_id] * len(rows),
         "item_id": [r.item_id for r in rows],
@@ -141,6 +161,8 @@ def to_table(rows: list[ItemResult], job_id: str = "") -> pa.Table:
         "processed_at": [r.processed_at for r in rows],
     }
     for column in VERIFICATION_SCHEMA:
+        columns[column.name] = [getattr(r, column.name) for r in rows]
+    for column in COMPARE_SCHEMA:
         columns[column.name] = [getattr(r, column.name) for r in rows]
     for name in MANIFEST_FIELDS:
         columns[name] = [r.fields.get(name) for r in rows]
@@ -166,7 +188,7 @@ def part_stats(table: pa.Table) -> dict:
 # Dictionary encoding only where values repeat: on 512 floats per row it made parts 1.6× larger
 # and 4× slower to write (0.046 → 0.012 ms per row, zstd either way).
 _NOT_DICTIONARY = {"embedding", "bbox", "landmarks", "quality", "similarity", "best_candidate_score",
-                   "top_k_scores", "processed_at"}
+                   "top_k_scores", "processed_at", "embedding_b", "bbox_b", "landmarks_b", "quality_b"}
 
 
 def to_parquet(table: pa.Table) -> bytes:

@@ -173,7 +173,7 @@ def _value_counts(array) -> Counter:
 
 def _counting_columns(header: JobHeader) -> list[str]:
     columns = ["item_id", "status", "quality", "needs_review", "review_reasons", "model_id"]
-    columns += ["decision"] if header.verifies else []
+    columns += ["decision"] if header.decides else []
     return columns + (["device_id"] if "device_id" in header.columns else [])
 
 
@@ -224,7 +224,7 @@ def build_summary(header: JobHeader, counts: JobCounts, thresholds: TrustThresho
         "needs_review": counts.needs_review,
         "folded_into_source_alerts": 0,  # set by the second pass
     }
-    if header.verifies:
+    if header.decides:
         summary_counts["decision"] = dict(sorted(counts.decisions.items()))
     return {
         "job_id": header.job_id,
@@ -266,7 +266,7 @@ def build_summary(header: JobHeader, counts: JobCounts, thresholds: TrustThresho
 def review_columns(header: JobHeader) -> list[str]:
     columns = ["item_id", "source_uri", "status", "error", "quality", "needs_review", "review_reasons", "face_count",
                "face_index", "bbox", "landmarks"]
-    columns += [c for c in _VERIFICATION + _TOP_K if header.verifies]
+    columns += [c for c in _VERIFICATION + _TOP_K if header.verifies] + _compare_columns(header)
     return columns + [c for c in field_columns(header.columns) if c not in columns]
 
 
@@ -276,8 +276,8 @@ class ReviewQueue:
     (``total_rows`` at most over all sections); per camera alert the rows folded into it and a
     few samples; per claimed employee the flags by section."""
 
-    def __init__(self, verification: bool, section_rows: int = SECTION_ROWS, total_rows: int = REPORT_ROWS):
-        self.verification = verification
+    def __init__(self, decides: str | None, section_rows: int = SECTION_ROWS, total_rows: int = REPORT_ROWS):
+        self.decides = decides
         self.section_rows, self.total_rows = section_rows, total_rows
         self.counts: Counter = Counter()
         self.rows: dict[str, list[dict]] = {}
@@ -295,14 +295,14 @@ class ReviewQueue:
             if len(samples) < ALERT_SAMPLES:
                 samples.append(row)
             return
-        section = section_of(row, self.verification)
+        section = section_of(row, self.decides)
         self.counts[section] += 1
         rows = self.rows.setdefault(section, [])
         if len(rows) < self.section_rows and self.n_listed < self.total_rows:
             rows.append(row)
             self.n_listed += 1
         employee = row.get("employee_id")
-        if self.verification and employee:
+        if self.decides == "attendance" and employee:
             if employee in self.employees or len(self.employees) < EMPLOYEE_LIMIT:
                 self.employees.setdefault(employee, Counter())[section] += 1
             else:
@@ -310,7 +310,7 @@ class ReviewQueue:
 
     def sections(self) -> list[tuple[str, int, list[dict]]]:
         """(section, flagged rows in it, the rows listed), most urgent first, empty ones left out."""
-        order = list(section_order(self.verification))
+        order = list(section_order(self.decides))
         order += sorted(s for s in self.counts if s not in order)
         return [(s, self.counts[s], self.rows.get(s, [])) for s in order if self.counts[s]]
 
@@ -321,8 +321,20 @@ class ReviewQueue:
         return self.n_listed
 
 
+def _compare_columns(header: JobHeader) -> list[str]:
+    return ["decision", "similarity", "source_uri_b", "quality_b", "face_count_b", "bbox_b", "landmarks_b"] \
+        if header.decides == "compare" else []
+
+
+def _decision_cells(header: JobHeader) -> list[str]:
+    """The review.csv columns of a job's decisions (attendance: against the gallery; compare: the pair)."""
+    if header.decides == "compare":
+        return ["decision", "similarity", "source_uri_b", "quality_b", "face_count_b"]
+    return [c for c in _VERIFICATION if header.verifies and c != "gallery"]
+
+
 def review_header(header: JobHeader) -> list[str]:
-    verification = [c for c in _VERIFICATION if header.verifies and c != "gallery"]
+    verification = _decision_cells(header)
     return ["item_id", "source_uri", "status", "quality", "review_reasons", "error", *verification, "source",
             "source_alert", *field_columns(header.columns), "face_index", "face_count",
             *(_TOP_K + ["prior_verdicts"] if header.verifies else []), "section", "reason", "action"]
@@ -337,14 +349,14 @@ def write_review(storage: Storage, header: JobHeader, alerted: set[str], out: Pa
     the bounded review queue report.html shows (iterating it gives the rows it lists)."""
     from faceq.verdicts import PriorVerdicts
 
-    verification = [c for c in _VERIFICATION if header.verifies and c != "gallery"]
+    verification = _decision_cells(header)
     extra = field_columns(header.columns)
     # earlier verdicts on the claimed employees: the gallery's verdict index (bounded: GALLERY_INDEX_ROWS)
     # (not for report-less jobs: a kiosk's one-image checks stay one read short)
     prior = PriorVerdicts(storage, header.gallery if header.verifies and header.report else None,
                           exclude_job=header.job_id)
     folded = 0
-    queue = ReviewQueue(header.verifies, section_rows=section_rows, total_rows=report_rows)
+    queue = ReviewQueue(header.decides, section_rows=section_rows, total_rows=report_rows)
     with out.open("w", newline="", encoding="utf-8-sig") as fh:  # the BOM makes Excel read UTF-8
         writer = csv.writer(fh)
         writer.writerow(review_header(header))
@@ -353,7 +365,7 @@ def write_review(storage: Storage, header: JobHeader, alerted: set[str], out: Pa
                 is_folded = folded_into_alert(row, alerted)
                 folded += is_folded
                 queue.add(row, is_folded)
-                reason, action = explain(row, header.verifies, thresholds)
+                reason, action = explain(row, header.decides, thresholds)
                 cells = [row["item_id"], row["source_uri"], row["status"], _fmt(row["quality"]),
                          ";".join(row["review_reasons"]), row["error"] or ""]
                 cells += [_fmt(row[c]) for c in verification]
@@ -363,7 +375,7 @@ def write_review(storage: Storage, header: JobHeader, alerted: set[str], out: Pa
                     cells += [";".join(row.get("top_k_ids") or []),
                               ";".join(f"{s:.4f}" for s in row.get("top_k_scores") or []),
                               " | ".join(prior.lines(row.get("employee_id")))]
-                cells += [section_of(row, header.verifies), reason, action]
+                cells += [section_of(row, header.decides), reason, action]
                 writer.writerow([inert_cell(c) for c in cells])
     return folded, queue
 
@@ -375,7 +387,7 @@ def flagged_page(storage: Storage, header: JobHeader, alerted: set[str], section
     found, seen = [], 0
     for table in iter_parts(storage, header, review_columns(header)):
         for row in table.filter(table.column("needs_review")).to_pylist():
-            if folded_into_alert(row, alerted) or section_of(row, header.verifies) != section:
+            if folded_into_alert(row, alerted) or section_of(row, header.decides) != section:
                 continue
             if seen >= start:
                 found.append(row)
@@ -465,7 +477,7 @@ def finalize(storage: Storage, header: JobHeader, thresholds: TrustThresholds,
         summary["counts"]["folded_into_source_alerts"] = folded
         storage.put_file(jobs.review_key(header.job_id, header.run_id), review, "text/csv; charset=utf-8")
     if header.report:
-        html = render_report(summary, listed, storage, verification=header.verifies)
+        html = render_report(summary, listed, storage, decides=header.decides)
         storage.put_bytes(jobs.report_key(header.job_id, header.run_id), html.encode(), "text/html; charset=utf-8")
     if not still_current():
         return None

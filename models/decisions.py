@@ -1,7 +1,8 @@
 """The seed's trust rules turned into decisions and review reasons. Pure functions.
 
 Audits flag what a person should look at; attendance decides whether a check-in is the
-employee it claims to be. Thresholds (``TrustThresholds``) default to the seed's:
+employee it claims to be; compare decides whether two photos show the same person.
+Thresholds (``TrustThresholds``) default to the seed's:
 quality < 0.4 untrusted, ≥ 0.6 with similarity > 0.45 a match, similarity < 0.35 a
 possible impersonation, anything between a grey zone.
 """
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from faceq.settings import TrustThresholds
 
 DECISIONS = ("match", "mismatch", "grey_zone", "untrusted", "not_enrolled", "no_face", "error")
+COMPARE_DECISIONS = ("same", "different", "grey_zone", "untrusted", "no_face", "error")
 
 
 def review_reasons(status: str, quality: float | None, face_count: int, thresholds: TrustThresholds) -> list[str]:
@@ -43,7 +45,8 @@ class Verdict:
 
     @property
     def needs_review(self) -> bool:
-        return self.decision != "match"
+        """Every decision but a clean match (or a clean ``same``) carries a reason."""
+        return bool(self.reasons)
 
 
 def verify(
@@ -64,3 +67,26 @@ def verify(
         if similarity < thresholds.mismatch_similarity:
             return Verdict("mismatch", ("possible_impersonation",))
     return Verdict("grey_zone", ("grey_zone",))
+
+
+def compare_pair(status_a: str, quality_a: float | None, status_b: str, quality_b: float | None,
+            similarity: float | None, thresholds: TrustThresholds, multiple_faces: bool = False) -> Verdict:
+    """1:1 decision for two photos (the seed's compare): the pair is only as trustworthy as
+    its worse photo. Either below ``review_quality`` → untrusted; both at ``match_quality``
+    or more → same above ``match_similarity``, different below ``mismatch_similarity``;
+    everything between is a grey zone. ``multiple_faces`` (the largest face of a photo with
+    several was compared) adds a reason, so even ``same`` goes to a person."""
+    if "error" in (status_a, status_b):
+        return Verdict("error", ("error",))
+    if "no_face" in (status_a, status_b):
+        return Verdict("no_face", ("no_face",))
+    extra = ("multiple_faces",) if multiple_faces else ()
+    worse = None if quality_a is None or quality_b is None else min(quality_a, quality_b)
+    if worse is None or similarity is None or worse < thresholds.review_quality:
+        return Verdict("untrusted", ("low_quality",) + extra)
+    if worse >= thresholds.match_quality:
+        if similarity > thresholds.match_similarity:
+            return Verdict("same", extra)
+        if similarity < thresholds.mismatch_similarity:
+            return Verdict("different", ("different_person",) + extra)
+    return Verdict("grey_zone", ("grey_zone",) + extra)

@@ -6,7 +6,7 @@ direction per BGR channel, orthonormal, then L2-normalised): deterministic, unit
 512-d float32, different for visibly different crops. Its quality score is the mean
 brightness of the same samples (0 black … 1 white), so dark crops are flagged ``low_quality``
 as a real model would flag some: review lists and per-source statistics get realistic work.
-Both cost microseconds per batch. Every row it produces carries ``NULL_MODEL_ID``, so nobody
+Both cost about a microsecond per crop. Every row it produces carries ``NULL_MODEL_ID``, so nobody
 mistakes its output for face recognition.
 
 Use it to time everything around the model (fetch, decode, batching, Parquet, queues,
@@ -47,7 +47,10 @@ class NullModel:
             raise ValueError(f"expected (N, {INPUT_SIZE}, {INPUT_SIZE}, 3) uint8 crops, got {crops.shape} {crops.dtype}")
         means = crops[:, ::_GRID_STEP, ::_GRID_STEP, :].mean(axis=(1, 2), dtype=np.float32)  # (N, 3) in [0, 255]
         # the bias direction is orthogonal to the channel ones, so the norm is ≥ 1: never 0
-        embeddings = self._bias + (means / np.float32(255.0) - np.float32(0.5)) @ self._channels
+        # a sum of three scaled directions, not a matmul: BLAS picks different kernels for one row
+        # and for many, so a crop's vector would depend (in the last bit) on its batch
+        centred = means / np.float32(255.0) - np.float32(0.5)
+        embeddings = self._bias + (centred[:, :, None] * self._channels).sum(axis=1)
         embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
         quality = means.mean(axis=1) / np.float32(255.0)
         return embeddings.astype(np.float32, copy=False), quality.astype(np.float32, copy=False)

@@ -1,4 +1,4 @@
-"""``faceq`` (or ``python -m producer``): submit audit, attendance and enrolment jobs, follow
+"""``faceq`` (or ``python -m producer``): submit audit, attendance, enrolment and compare jobs, follow
 them, read their results. Built on the Python client (``from faceq import Client``).
 
 Exit codes: 0 done; 1 an error (the job cannot complete, was cancelled, is unknown, or a
@@ -81,6 +81,10 @@ def build_parser(prog: str = "faceq") -> argparse.ArgumentParser:
                         help="delta enrolment: a new version that adds or replaces only this manifest's employees "
                              "and carries every other employee over unchanged")
     _add_job_options(enroll, default_mode="crop")
+    compare = commands.add_parser("compare", help="decide for each pair of photos whether they show the same person",
+                                  epilog=_ENV_HELP)
+    compare.add_argument("manifest", help="CSV (local or s3://): pair_id, image_a, image_b (extra columns are kept)")
+    _add_job_options(compare, default_mode="crop")
     report = commands.add_parser("report", help="fetch (or regenerate) a job's report.html")
     report.add_argument("job_id")
     report.add_argument("--out", type=Path, help="where to write it (default: <job_id>.html)")
@@ -230,11 +234,14 @@ def _submit(args, client: Client) -> Job:
     if args.command == "attendance":
         return client.attendance(manifest, gallery=args.gallery, top_k=args.top_k, mode=args.mode, job_id=job_id,
                                  chunk_size=args.chunk_size, report=not args.no_report, progress=progress)
+    if args.command == "compare":
+        return client.compare_pairs(manifest, mode=args.mode, job_id=job_id, chunk_size=args.chunk_size,
+                                    report=not args.no_report, progress=progress)
     return client.enroll(manifest, gallery=args.gallery, mode=args.mode, job_id=job_id, progress=progress,
                          update=args.update)
 
 
-SUBMIT_COMMANDS = ("audit", "attendance", "enroll")
+SUBMIT_COMMANDS = ("audit", "attendance", "enroll", "compare")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@
     table = job.results()                            # pyarrow.Table (table.to_pandas())
     flagged = job.review()                           # list of dicts, one per flagged item
     row = client.verify("checkin.jpg", employee_id="e042", gallery="staff")
+    row = client.compare("badge.jpg", "id-scan.jpg")   # same / different / grey_zone / …
 
 No torch is imported on this side. Misconfiguration fails before anything is written: the
 broker must answer, and live workers must use the same storage.
@@ -176,6 +177,14 @@ class Client:
         return self._manifest_job(manifest, JobOptions("enroll", mode=mode, gallery=gallery, gallery_update=update),
                                   job_id, progress)
 
+    def compare_pairs(self, manifest: str | Path | Iterable[Mapping[str, str]], *, mode: str = "crop",
+                      job_id: str | None = None, chunk_size: int | None = None, report: bool = True,
+                      progress: bool = False) -> Job:
+        """Is the person on ``image_a`` the one on ``image_b``, for every pair of a CSV (path or
+        ``s3://``) or of rows (dicts with pair_id, image_a, image_b and any extra columns)."""
+        options = JobOptions("compare", mode=mode, chunk_size=chunk_size, report=report)
+        return self._manifest_job(manifest, options, job_id, progress)
+
     def _manifest_job(self, manifest, options: JobOptions, job_id: str | None, progress: bool,
                       extra_roots: tuple[str, ...] = ()) -> Job:
         if not isinstance(manifest, (str, Path)):
@@ -193,7 +202,8 @@ class Client:
             Path(manifest).resolve().parent.as_uri()
         roots = (base, *extra_roots, *self.settings.allowed_sources)
         allowed = AllowedSources.parse("", (*roots, self.storage.url))
-        read = sources.iter_attendance_manifest if options.kind == "attendance" else sources.iter_enrolment_manifest
+        read = {"attendance": sources.iter_attendance_manifest, "compare": sources.iter_compare_manifest,
+                "enroll": sources.iter_enrolment_manifest}[options.kind]
         items = read(manifest, allowed, s3_endpoint_url=self.settings.s3_endpoint_url)
         return self._submit(items, manifest, roots, job_id, options, progress)
 
@@ -224,6 +234,19 @@ class Client:
         job = self.image(image, mode=mode, employee_id=employee_id, gallery=gallery, **fields)
         job.wait(timeout=timeout)
         (row,) = [r for r in job.results().drop_columns(["embedding"]).to_pylist()][:1]
+        return row
+
+    def compare(self, image_a: str | Path | bytes, image_b: str | Path | bytes, *, mode: str = "crop",
+                timeout: float = 60, **fields: str) -> dict:
+        """The seed's compare: two photos in, one row out (decision, similarity, both qualities,
+        face counts and boxes, review reasons). Paths, URIs or bytes."""
+        job_id = jobs.validate_job_id(new_job_id("compare"))
+        uri_a, uri_b = self._image_uri(image_a, job_id), self._image_uri(image_b, job_id)
+        row = {"pair_id": fields.pop("pair_id", "pair"), "image_a": uri_a, "image_b": uri_b, **fields}
+        job = self._manifest_job([row], JobOptions("compare", mode=mode, report=False), job_id, progress=False,
+                                 extra_roots=(uri_a, uri_b))
+        job.wait(timeout=timeout)
+        (row,) = job.results().drop_columns(["embedding", "embedding_b"]).to_pylist()
         return row
 
     # -- reading ----------------------------------------------------------------------------
@@ -291,9 +314,15 @@ def _write_rows(path: Path, rows: Iterable[Mapping[str, str]]) -> None:
         writer = csv.DictWriter(fh, fieldnames=list(first))
         writer.writeheader()
         for row in itertools.chain([first], rows):
-            image = str(row.get("image", ""))
-            if image and not is_uri(image):
-                row = {**row, "image": str(Path(image).absolute())}
-            writer.writerow(row)
+            writer.writerow({column: _absolute_image(value) if column in _IMAGE_COLUMNS else value
+                             for column, value in row.items()})
+
+
+_IMAGE_COLUMNS = ("image", "image_a", "image_b")
+
+
+def _absolute_image(value) -> str:
+    image = str(value or "")
+    return str(Path(image).absolute()) if image and not is_uri(image) else image
 
 

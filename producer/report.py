@@ -26,6 +26,6 @@ def fetch_report(storage: Storage, job_id: str, regenerate: bool = False) -> byt
     with tempfile.TemporaryDirectory(prefix="faceq-report-") as tmp:
         _, listed = write_review(storage, header, alerted, Path(tmp) / "review.csv",
                                  thresholds=summary.get("thresholds"))
-    html = render_report(summary, listed, storage, verification=header.verifies).encode()
+    html = render_report(summary, listed, storage, decides=header.decides).encode()
     storage.put_bytes(key, html, "text/html; charset=utf-8")
     return html

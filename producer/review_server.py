@@ -132,7 +132,7 @@ class ReviewServer:
         body = (f"<h1>Review: {self.summary['kind']} job <code>{job}</code></h1><p class='muted'>gallery "
                 f"{html.escape(str(self.summary.get('gallery') or '—'))} · reviewer "
                 f"{html.escape(self.reviewer)}</p>"
-                + render_review_queue(self.summary, self.queue, self.storage, self.header.verifies,
+                + render_review_queue(self.summary, self.queue, self.storage, self.header.decides,
                                       photo_link=self._photo_link, row_extra=self._form(""),
                                       section_note=self._section_note, intro=intro))
         return self._page(f"review {self.summary['job_id']}", body)
@@ -145,7 +145,7 @@ class ReviewServer:
         rows = flagged_page(self.storage, self.header, self.alerted, section, (page - 1) * self.page_size,
                             self.page_size)
         self._remember(rows)
-        queue = ReviewQueue(self.header.verifies, section_rows=self.page_size, total_rows=self.page_size)
+        queue = ReviewQueue(self.header.decides, section_rows=self.page_size, total_rows=self.page_size)
         for row in rows:
             queue.add(row, folded=False)
         queue.counts[section] = count
@@ -158,7 +158,7 @@ class ReviewServer:
             nav.append(f"<a class='next' href='/{self.token}/section/{section}?page={page + 1}'>next →</a>")
         note = lambda *_: f"items {start + 1}–{start + len(rows)} of {count} · " + " · ".join(nav)  # noqa: E731
         body = (f"<h1>{html.escape(guidance_for(section).title)} — page {page} of {pages}</h1>"
-                + render_review_queue(self.summary, queue, self.storage, self.header.verifies,
+                + render_review_queue(self.summary, queue, self.storage, self.header.decides,
                                       photo_link=self._photo_link,
                                       row_extra=self._form(f"section/{section}?page={page}"),
                                       section_note=note, intro=""))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import hashlib
 import logging
 import os
 import stat
@@ -31,8 +32,9 @@ from producer.idset import SeenIds
 
 log = logging.getLogger(__name__)
 
+COMPARE_COLUMNS = ("pair_id", "image_a", "image_b")
 ATTENDANCE_COLUMNS = ("record_id", "employee_id", "image", "device_id", "captured_at")
-IDENTIFYING_COLUMNS = ("record_id", "employee_id", "image")  # must not be empty; the others may be
+IDENTIFYING_COLUMNS = ("record_id", "employee_id", "image", *COMPARE_COLUMNS)  # never empty; others may be
 ENROLMENT_COLUMNS = ("employee_id", "image")
 MAX_FIELD_CHARS = 4096  # a manifest cell; also bounds ids and URIs
 MAX_ROW_BYTES = 1 << 20  # one CSV record (all its physical lines); bounds memory on hostile input
@@ -42,13 +44,25 @@ _WRONG_DELIMITERS = (";", "\t", "|")
 
 
 @dataclass(frozen=True)
-class LocalItem:
-    """An item whose image is still a file on this machine (``path`` is its real path)."""
+class LocalFile:
+    """A file on this machine (its real path) and the name it gets under a job's ``inputs/``."""
 
-    item_id: str
     path: Path
     upload_name: str
+
+
+@dataclass(frozen=True)
+class LocalItem:
+    """An item with an image still on this machine: ``path`` (its real path), or, for a compare
+    pair whose first image is remote (``remote_uri``) but not its second, none. ``local_fields``
+    are fields naming local files too (a pair's ``image_b``); staging replaces them with URIs."""
+
+    item_id: str
+    path: Path | None
+    upload_name: str
     fields: dict[str, str] = field(default_factory=dict)
+    local_fields: dict[str, LocalFile] = field(default_factory=dict)
+    remote_uri: str | None = None
 
 
 class UniqueIds(Iterator):
@@ -215,6 +229,15 @@ def iter_enrolment_manifest(path: Path | str, allowed: AllowedSources | None,
                          s3_endpoint_url=s3_endpoint_url)
 
 
+def iter_compare_manifest(path: Path | str, allowed: AllowedSources | None,
+                          s3_endpoint_url: str | None = None) -> Iterator[LocalItem | Item]:
+    """Rows ``pair_id, image_a, image_b`` (and any extra columns); one item per pair. The item's
+    image is ``image_a``; ``image_b`` travels as a field holding its canonical URI. A local
+    file gets one upload name whatever pairs it is in, so workers embed it once per chunk."""
+    return iter_manifest(path, COMPARE_COLUMNS, lambda row: row["pair_id"], allowed, images=("image_a", "image_b"),
+                         id_column="pair_id", s3_endpoint_url=s3_endpoint_url)
+
+
 def iter_manifest(
     path: Path | str,
     required: tuple[str, ...],
@@ -222,10 +245,14 @@ def iter_manifest(
     allowed: AllowedSources | None,
     *,
     non_empty: tuple[str, ...] | None = None,
+    images: tuple[str, ...] = ("image",),
+    id_column: str | None = None,
     s3_endpoint_url: str | None = None,
 ) -> Iterator[LocalItem | Item]:
     """A CSV manifest, row by row: ``image`` is a path (relative to the manifest) or a
     ``file://`` / ``s3://`` URI; every other column (extra ones too) reaches the output.
+    With several ``images`` columns the first is the item's image and the others become
+    fields holding canonical URIs; ``id_column`` (the item id itself) is not repeated as a field.
 
     ``path`` may be local or ``s3://bucket/key.csv``. Every image is made canonical and,
     when ``allowed`` is given, checked against it. Anything wrong with the file — not
@@ -236,11 +263,12 @@ def iter_manifest(
     """
     source = _ManifestFile(path, s3_endpoint_url)
     must_fill = tuple(c for c in required if c in IDENTIFYING_COLUMNS) if non_empty is None else non_empty
-    return UniqueIds(_manifest_items(source, required, must_fill, item_id_fn, allowed))
+    return UniqueIds(_manifest_items(source, required, must_fill, item_id_fn, allowed, images, id_column))
 
 
 def _manifest_items(source: "_ManifestFile", required: tuple[str, ...], non_empty: tuple[str, ...],
-                    item_id_fn: Callable[[dict[str, str]], str], allowed: AllowedSources | None
+                    item_id_fn: Callable[[dict[str, str]], str], allowed: AllowedSources | None,
+                    images: tuple[str, ...] = ("image",), id_column: str | None = None
                     ) -> Iterator[LocalItem | Item]:
     name = source.name
     rows = _records(source)
@@ -258,11 +286,20 @@ def _manifest_items(source: "_ManifestFile", required: tuple[str, ...], non_empt
         earlier = seen.add(item_id, line)
         if earlier is not None and _id_on_line(source, earlier, header, item_id_fn) == item_id:
             raise JobError(f"{name}:{line}: duplicate id {_short(item_id)} (first on line {earlier})")
-        fields = {c: row[c] for c in header if c != "image"}
-        uri = _image_uri(name, line, row["image"], source, allowed)
+        first, *others = images
+        uri = _image_uri(name, line, first, row[first], source, allowed)
+        fields = {c: row[c] for c in header if c != first and c != id_column}
+        local_fields = {}
+        for column in others:
+            fields[column] = _image_uri(name, line, column, row[column], source, allowed)
+            if not fields[column].startswith("s3://"):
+                local_fields[column] = _shared_upload(local_path(fields[column]))
         count += 1
         if uri.startswith("s3://"):
-            yield Item(item_id, uri, fields)
+            yield LocalItem(item_id, None, "", fields, local_fields, uri) if local_fields else Item(item_id, uri, fields)
+        elif others:
+            shared = _shared_upload(local_path(uri))
+            yield LocalItem(item_id, shared.path, shared.upload_name, fields, local_fields)
         else:
             real = local_path(uri)
             yield LocalItem(item_id, real, f"{line:06d}/{real.name}", fields)
@@ -300,7 +337,14 @@ def _row(name: str, line: int, header: list[str], cells: list[str]) -> dict[str,
     return {column: cell.strip() for column, cell in zip(header, cells)}
 
 
-def _image_uri(name: str, line: int, value: str, source: "_ManifestFile", allowed: AllowedSources | None) -> str:
+def _shared_upload(real: Path) -> LocalFile:
+    """One upload name per local file (a hash of its real path): a photo in many pairs is one object."""
+    digest = hashlib.blake2b(os.fsencode(real), digest_size=10).hexdigest()
+    return LocalFile(real, f"files/{digest}/{real.name}")
+
+
+def _image_uri(name: str, line: int, column: str, value: str, source: "_ManifestFile",
+               allowed: AllowedSources | None) -> str:
     """The canonical URI of a row's image (real path for local files), refused with the line."""
     try:
         if source.s3_dir is not None and not is_uri(value) and not os.path.isabs(value):
@@ -312,9 +356,9 @@ def _image_uri(name: str, line: int, value: str, source: "_ManifestFile", allowe
     except BadInputError as exc:
         if exc.code == "forbidden":
             roots = ", ".join(allowed.roots) if allowed is not None and allowed.roots else "none configured"
-            raise JobError(f"{name}:{line}: image is outside the job's allowed sources ({roots}; "
+            raise JobError(f"{name}:{line}: {column} is outside the job's allowed sources ({roots}; "
                            f"see FACEQ_ALLOWED_SOURCES)") from None
-        raise JobError(f"{name}:{line}: image: {exc.message}") from None
+        raise JobError(f"{name}:{line}: {column}: {exc.message}") from None
 
 
 def _id_on_line(source: "_ManifestFile", line: int, header: list[str],
@@ -467,21 +511,34 @@ def stage_batch(items: list[LocalItem | Item], storage: Storage, inputs_prefix: 
     ``file://`` reference that the worker turns into that item's error row.
     """
     if storage.is_local:
-        return [i if isinstance(i, Item) else Item(i.item_id, i.path.as_uri(), i.fields) for i in items]
+        return [_staged(item, lambda file: file.path.as_uri()) for item in items]
+    files = {f.upload_name: f for item in items if isinstance(item, LocalItem) for f in _local_files(item)}
 
-    def upload(item: LocalItem | Item) -> Item:
-        if isinstance(item, Item):
-            return item
+    def upload(file: LocalFile) -> str:
         try:
-            data = read_regular_file(item.path, max_bytes)
+            data = read_regular_file(file.path, max_bytes)
         except BadInputError:
-            return Item(item.item_id, item.path.as_uri(), item.fields)
-        return Item(item.item_id, storage.put_bytes(inputs_prefix + item.upload_name, data), item.fields)
+            return file.path.as_uri()
+        return storage.put_bytes(inputs_prefix + file.upload_name, data)
 
     try:
-        return list(pool.map(upload, items))
+        uris = dict(zip(files, pool.map(upload, files.values())))  # a photo in several pairs: once
     except StorageError as exc:
         raise JobError(f"cannot upload inputs to {redact_url(storage.url)}: {redact_text(str(exc))}") from exc
+    return [_staged(item, lambda file: uris[file.upload_name]) for item in items]
+
+
+def _local_files(item: LocalItem) -> list[LocalFile]:
+    own = [] if item.path is None else [LocalFile(item.path, item.upload_name)]
+    return own + list(item.local_fields.values())
+
+
+def _staged(item: LocalItem | Item, uri_of: Callable[[LocalFile], str]) -> Item:
+    if isinstance(item, Item):
+        return item
+    uri = item.remote_uri if item.path is None else uri_of(LocalFile(item.path, item.upload_name))
+    fields = item.fields | {name: uri_of(file) for name, file in item.local_fields.items()}
+    return Item(item.item_id, uri, fields)
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -64,6 +64,8 @@ class JobOptions:
             raise JobError(f"unknown mode {self.mode!r}; available: {', '.join(jobs.MODES)}")
         if self.all_faces and self.mode != "detect":
             raise JobError("--all-faces needs detect mode")
+        if self.kind == "compare" and (self.all_faces or self.gallery):
+            raise JobError("a compare job compares the largest face of each photo of a pair: no gallery, no --all-faces")
         if self.kind == "enroll" and not self.gallery:
             raise JobError("an enrolment job needs a gallery name")
         if self.gallery:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import boto3
@@ -85,6 +86,18 @@ def worker_env(broker_url: str, storage_url: str, s3_endpoint: str | None = None
 
 def start_worker(env: dict[str, str], tmp_path: Path, name: str) -> WorkerProcess:
     return WorkerProcess(env, tmp_path / f"{name}.log", hostname=f"{name}-{free_port()}@localhost").start()
+
+
+@contextmanager
+def redis_and_worker(tmp_path: Path, name: str, storage_url: str, s3_endpoint: str | None = None, **extra: str):
+    """A private redis-server and one worker process on it; yields the worker's environment."""
+    with RedisServer(tmp_path / "redis") as redis_server:
+        env = worker_env(redis_server.url, storage_url, s3_endpoint, **extra)
+        worker = start_worker(env, tmp_path, name)
+        try:
+            yield env
+        finally:
+            worker.stop()
 
 
 def job_rows(storage, job_id: str):

@@ -12,7 +12,7 @@ from faceq import Client
 from faceq.devstack import RedisServer
 from faceq.errors import ConfigError, JobError
 from producer.samples import write_sample_set
-from tests.conftest import assert_embedding_ok, start_worker, worker_env
+from tests.conftest import assert_embedding_ok, redis_and_worker, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -20,13 +20,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("client")
-    with RedisServer(tmp / "redis") as redis_server:
-        env = worker_env(redis_server.url, (tmp / "store").as_uri())
-        worker = start_worker(env, tmp, "client-worker")
-        try:
-            yield env, tmp
-        finally:
-            worker.stop()
+    with redis_and_worker(tmp, "client-worker", (tmp / "store").as_uri()) as env:
+        yield env, tmp
 
 
 @pytest.fixture(scope="module")

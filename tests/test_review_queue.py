@@ -40,11 +40,11 @@ def test_every_decision_and_reason_has_plain_words_and_an_action():
         assert guide.reason.endswith(".") and guide.action and guide.short_action and "_" not in guide.title
     row = {"decision": "mismatch", "similarity": 0.21, "quality": 0.9, "best_candidate_id": "e7",
            "employee_id": "e1", "review_reasons": ["possible_impersonation"]}
-    reason, action = explain(row, True, thresholds.__dict__)
+    reason, action = explain(row, "attendance", thresholds.__dict__)
     assert "Similarity 0.21 (below 0.35)" in reason and "Looks most like e7" in reason and action.startswith("Check ID")
     audit = {"review_reasons": ["multiple_faces", "low_quality"], "quality": 0.3, "face_index": 1, "face_count": 3}
-    assert section_of(audit, False) == "low_quality"
-    reason, _ = explain(audit, False)
+    assert section_of(audit, None) == "low_quality"
+    reason, _ = explain(audit, None)
     assert "face 2 of 3 (boxed)" in reason
 
 
@@ -67,7 +67,7 @@ def _summary(n_flagged: int) -> dict:
 
 def test_hundreds_of_flags_stay_usable_and_the_page_bounded(tmp_path):
     storage = open_storage((tmp_path / "store").as_uri())
-    queue = ReviewQueue(verification=True)
+    queue = ReviewQueue("attendance")
     for i in range(1000):
         queue.add(_flag(i, ("mismatch", "grey_zone", "untrusted", "error")[i % 4]), folded=False)
     sections = queue.sections()
@@ -75,7 +75,7 @@ def test_hundreds_of_flags_stay_usable_and_the_page_bounded(tmp_path):
     assert [n for _, n, _ in sections] == [250] * 4  # every flag counted
     assert all(len(rows) == 20 for _, _, rows in sections) and len(queue) == 80
     assert sum(sum(c.values()) for c in queue.employees.values()) == 1000
-    page = render_report(_summary(1000), queue, storage, verification=True)
+    page = render_report(_summary(1000), queue, storage, decides="attendance")
     dom = parse(page)
     assert len(dom.find_all("article", "item")) == 80
     assert [s.attrs["data-count"] for s in dom.find_all("section", "queue")] == ["250"] * 4

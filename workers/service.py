@@ -33,12 +33,12 @@ from faceq.gallery import GalleryStore
 from faceq.jobs import ChunkRef, Item, JobHeader
 from faceq.ledger import ChunkRecord, Ledger
 from faceq.manifest import read_chunk_manifest
-from faceq.results import ItemResult, chunk_part_bytes
+from faceq.results import SECOND_IMAGE_FIELD, ItemResult, chunk_part_bytes
 from faceq.retry import redis_retry
 from faceq.settings import Settings, TrustThresholds
 from faceq.storage import Storage
 from faceq.summary import finalize
-from models.decisions import review_reasons, verify
+from models.decisions import compare_pair, review_reasons, verify
 from models.detect import YUNET_HELP, FaceDetector
 from models.preprocess import PreparedImage, crop_face, decode_image, detect_faces, image_size
 from models.rts import INPUT_SIZE
@@ -233,7 +233,16 @@ class ChunkProcessor:
 
     def rows(self, header: JobHeader, items: list[Item]) -> list[ItemResult]:
         """Rows in item order: one per item (its largest face, ``no_face`` or ``error``), or
-        one per usable face with ``all_faces``."""
+        one per usable face with ``all_faces``; attendance rows carry the decision against
+        the gallery, compare rows (one per pair) the decision on their two photos."""
+        if header.kind == "compare":
+            return self._compare_rows(header, items)
+        rows = self._image_rows(header, items)
+        if header.verifies:
+            self._verify(header, rows)
+        return rows
+
+    def _image_rows(self, header: JobHeader, items: list[Item]) -> list[ItemResult]:
         if header.mode == "detect" and self.detector is None:
             raise ModelError(f"job {header.job_id} asks for detect mode but this worker has no detector. {YUNET_HELP}")
         # crop mode: every crop is written into its row of one batch, so no per-crop array is
@@ -279,9 +288,35 @@ class ChunkProcessor:
                 row.review_reasons = review_reasons(row.status, row.quality, row.face_count, self.settings.thresholds)
                 row.needs_review = bool(row.review_reasons)
             rows.extend(item_rows)
-        if header.verifies:
-            self._verify(header, rows)
         self.cpu.add("rows", clock() - rows_started)
+        return rows
+
+    def _compare_rows(self, header: JobHeader, pairs: list[Item]) -> list[ItemResult]:
+        """One row per pair. Every distinct photo of the chunk goes through the model once,
+        however many pairs it appears in; its largest face is the one compared."""
+        photos: dict[str, int] = {}
+        for pair in pairs:
+            photos.setdefault(pair.source_uri, len(photos))
+            photos.setdefault(pair.fields[SECOND_IMAGE_FIELD], len(photos))
+        photo_rows = self._image_rows(header, [Item(uri, uri) for uri in photos])
+        rows = []
+        for pair in pairs:
+            b_uri = pair.fields[SECOND_IMAGE_FIELD]
+            a, b = photo_rows[photos[pair.source_uri]], photo_rows[photos[b_uri]]
+            similarity = float(np.dot(a.embedding, b.embedding)) if a.status == b.status == "ok" else None
+            status = "error" if "error" in (a.status, b.status) else "no_face" if "no_face" in (a.status, b.status) \
+                else "ok"
+            errors = [f"{side}: {row.error}" for side, row in (("image_a", a), ("image_b", b)) if row.error]
+            verdict = compare_pair(a.status, a.quality, b.status, b.quality, similarity, self.settings.thresholds,
+                                   multiple_faces=a.face_count > 1 or b.face_count > 1)
+            rows.append(ItemResult(
+                item_id=pair.item_id, source_uri=pair.source_uri, status=status, model_id=a.model_id,
+                processed_at=a.processed_at, error="; ".join(errors) or None, embedding=a.embedding,
+                quality=a.quality, needs_review=verdict.needs_review, review_reasons=list(verdict.reasons),
+                face_count=a.face_count, bbox=a.bbox, landmarks=a.landmarks, fields=pair.fields,
+                decision=verdict.decision, similarity=similarity, source_uri_b=b_uri, embedding_b=b.embedding,
+                quality_b=b.quality, face_count_b=b.face_count, bbox_b=b.bbox, landmarks_b=b.landmarks,
+            ))
         return rows
 
     def _verify(self, header: JobHeader, rows: list[ItemResult]) -> None:
