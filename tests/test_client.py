@@ -12,7 +12,7 @@ from faceq import Client
 from faceq.devstack import RedisServer
 from faceq.errors import ConfigError, JobError
 from producer.samples import write_sample_set
-from tests.conftest import assert_embedding_ok, redis_and_worker, worker_env
+from tests.conftest import assert_embedding_ok, redis_and_worker
 
 pytestmark = pytest.mark.integration
 
