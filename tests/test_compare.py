@@ -167,25 +167,39 @@ class CountingEngine(Engine):
         return super().infer(crops)
 
 
-def test_a_photo_in_many_pairs_is_embedded_once_per_chunk(tmp_path, redis_server):
+@pytest.fixture
+def chunk_rows(tmp_path, redis_server):
+    """Plans a compare job of ``items`` (one chunk) and returns (its rows, the counting engine)."""
     storage = open_storage((tmp_path / "store").as_uri())
     engine = CountingEngine(load_model(None, "ir_se_tiny", seed=2), "cpu", "fp32", max_batch=8)
     engine.crops = 0  # not the warm-up's
     processor = ChunkProcessor(Settings(io_threads=2), storage, Ledger.from_url(redis_server.url), engine, "t")
+
+    def run(items: list[Item]):
+        header = write_plan(Settings(), storage, items=items, source=str(tmp_path), job_id="compare-service",
+                            options=JobOptions("compare", chunk_size=8), allowed_sources=(tmp_path.as_uri(),))
+        return processor.rows(header, processor.items(header, 0)), engine
+
+    yield run
+    processor.close()
+
+
+def test_a_photo_in_many_pairs_is_embedded_once_per_chunk(tmp_path, chunk_rows):
     rng = np.random.default_rng(0)
     for name in "abc":
         cv2.imwrite(str(tmp_path / f"{name}.png"), draw_face(rng, 112))
     pairs = [("ab", "a", "b"), ("ac", "a", "c"), ("bc", "b", "c"), ("aa", "a", "a")]
     items = [Item(pid, (tmp_path / f"{a}.png").as_uri(), {"image_b": (tmp_path / f"{b}.png").as_uri()})
              for pid, a, b in pairs]
-    header = write_plan(Settings(), storage, items=items, source=str(tmp_path), job_id="compare-dedup",
-                        options=JobOptions("compare", chunk_size=8), allowed_sources=(tmp_path.as_uri(),))
-    try:
-        rows = processor.rows(header, processor.items(header, 0))
-    finally:
-        processor.close()
+    rows, engine = chunk_rows(items)
     assert engine.crops == 3 and [r.item_id for r in rows] == ["ab", "ac", "bc", "aa"]
     by_pair = {r.item_id: r for r in rows}
     assert by_pair["aa"].similarity == pytest.approx(1.0, abs=1e-5)
     assert np.array_equal(by_pair["ab"].embedding, by_pair["ac"].embedding)  # photo a's one embedding
     assert by_pair["ab"].similarity == pytest.approx(float(np.dot(by_pair["ab"].embedding, by_pair["ab"].embedding_b)))
+
+
+def test_a_forged_pair_without_its_second_photo_is_an_error_row(tmp_path, chunk_rows):
+    cv2.imwrite(str(tmp_path / "a.png"), draw_face(np.random.default_rng(0), 112))
+    (row,), _ = chunk_rows([Item("p", (tmp_path / "a.png").as_uri(), {"note": "no image_b"})])
+    assert row.decision == "error" and row.error.startswith("image_b: bad_uri")

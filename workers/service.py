@@ -297,11 +297,11 @@ class ChunkProcessor:
         photos: dict[str, int] = {}
         for pair in pairs:
             photos.setdefault(pair.source_uri, len(photos))
-            photos.setdefault(pair.fields[SECOND_IMAGE_FIELD], len(photos))
+            photos.setdefault(pair.fields.get(SECOND_IMAGE_FIELD, ""), len(photos))  # "": a bad_uri row
         photo_rows = self._image_rows(header, [Item(uri, uri) for uri in photos])
         rows = []
         for pair in pairs:
-            b_uri = pair.fields[SECOND_IMAGE_FIELD]
+            b_uri = pair.fields.get(SECOND_IMAGE_FIELD, "")
             a, b = photo_rows[photos[pair.source_uri]], photo_rows[photos[b_uri]]
             similarity = float(np.dot(a.embedding, b.embedding)) if a.status == b.status == "ok" else None
             status = "error" if "error" in (a.status, b.status) else "no_face" if "no_face" in (a.status, b.status) \
