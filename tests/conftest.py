@@ -90,12 +90,12 @@ def start_worker(env: dict[str, str], tmp_path: Path, name: str) -> WorkerProces
 
 @contextmanager
 def redis_and_worker(tmp_path: Path, name: str, storage_url: str, s3_endpoint: str | None = None, **extra: str):
-    """A private redis-server and one worker process on it; yields the worker's environment."""
+    """A private redis-server and one worker process on it; yields (the worker's environment, the worker)."""
     with RedisServer(tmp_path / "redis") as redis_server:
         env = worker_env(redis_server.url, storage_url, s3_endpoint, **extra)
         worker = start_worker(env, tmp_path, name)
         try:
-            yield env
+            yield env, worker
         finally:
             worker.stop()
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from faceq.devstack import RedisServer
+from faceq.storage import open_storage
 from producer.samples import draw_face, encode
-from tests.conftest import start_worker, worker_env
+from tests.conftest import redis_and_worker
 from tests.test_end_to_end import Stack
 
 pytestmark = pytest.mark.integration
@@ -27,16 +27,10 @@ pytestmark = pytest.mark.integration
 def gallery_stack(tmp_path_factory, name: str):
     """A redis-server and a worker whose thresholds separate drawn faces (shared with test_review)."""
     tmp = tmp_path_factory.mktemp(name)
-    with RedisServer(tmp / "redis") as redis_server:
-        env = worker_env(redis_server.url, (tmp / "store").as_uri(), FACEQ_MATCH_SIMILARITY="0.97",
-                         FACEQ_MISMATCH_SIMILARITY="0.95", FACEQ_DUPLICATE_SIMILARITY="0.97", FACEQ_CHUNK_SIZE="2")
-        worker = start_worker(env, tmp, f"{name}-worker")
-        try:
-            from faceq.storage import open_storage
-
-            yield Stack(env, open_storage((tmp / "store").as_uri()), worker), tmp
-        finally:
-            worker.stop()
+    with redis_and_worker(tmp, f"{name}-worker", (tmp / "store").as_uri(), FACEQ_MATCH_SIMILARITY="0.97",
+                          FACEQ_MISMATCH_SIMILARITY="0.95", FACEQ_DUPLICATE_SIMILARITY="0.97",
+                          FACEQ_CHUNK_SIZE="2") as (env, worker):
+        yield Stack(env, open_storage((tmp / "store").as_uri()), worker), tmp
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("client")
-    with redis_and_worker(tmp, "client-worker", (tmp / "store").as_uri()) as env:
+    with redis_and_worker(tmp, "client-worker", (tmp / "store").as_uri()) as (env, _):
         yield env, tmp
 
 

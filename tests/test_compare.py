@@ -54,7 +54,7 @@ def stack(tmp_path_factory, s3_endpoint, s3_client):
     tmp = tmp_path_factory.mktemp("compare")
     s3_client.create_bucket(Bucket="compare-store")
     with redis_and_worker(tmp, "compare-worker", "s3://compare-store/faceq", s3_endpoint,
-                          FACEQ_MODEL_WEIGHTS=str(confident_checkpoint(tmp / "confident.pt"))) as env:
+                          FACEQ_MODEL_WEIGHTS=str(confident_checkpoint(tmp / "confident.pt"))) as (env, _):
         yield env, tmp
 
 
