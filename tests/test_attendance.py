@@ -38,17 +38,20 @@ def stack(tmp_path_factory):
     yield from gallery_stack(tmp_path_factory, "attendance")
 
 
-@pytest.fixture(scope="module")
-def photos(stack) -> Path:
-    _, tmp = stack
-    root = tmp / "photos"
+def checkin_photos(root: Path, n: int) -> Path:
+    """``n`` drawn faces f0.jpg … (n ≥ 6), a truncated copy of f5 and an empty file (shared with test_review)."""
     root.mkdir()
     rng = np.random.default_rng(5)
-    for i in range(6):
+    for i in range(n):
         (root / f"f{i}.jpg").write_bytes(encode(draw_face(rng, 140), ".jpg"))
     (root / "truncated.jpg").write_bytes((root / "f5.jpg").read_bytes()[:300])
     (root / "empty.jpg").write_bytes(b"")
     return root
+
+
+@pytest.fixture(scope="module")
+def photos(stack) -> Path:
+    return checkin_photos(stack[1] / "photos", 6)
 
 
 def _csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:

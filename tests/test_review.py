@@ -21,10 +21,9 @@ from faceq import Client
 from faceq.errors import JobError
 from faceq.gallery import GalleryStore
 from faceq.results import read_parquet
-from producer.samples import draw_face, encode
 from tests.conftest import needs_yunet
 from tests.dom import parse
-from tests.test_attendance import gallery_stack
+from tests.test_attendance import checkin_photos, gallery_stack
 
 pytestmark = pytest.mark.integration
 
@@ -38,14 +37,7 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def photos(stack) -> Path:
-    _, tmp = stack
-    root = tmp / "photos"
-    root.mkdir()
-    rng = np.random.default_rng(5)
-    for i in range(8):
-        (root / f"f{i}.jpg").write_bytes(encode(draw_face(rng, 140), ".jpg"))
-    (root / "truncated.jpg").write_bytes((root / "f5.jpg").read_bytes()[:300])
-    return root
+    return checkin_photos(stack[1] / "photos", 8)
 
 
 @pytest.fixture(scope="module")
