@@ -5,6 +5,7 @@ Everything listens on loopback ports chosen at run time and is stopped at the en
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import sys
@@ -111,6 +112,15 @@ def job_rows(storage, job_id: str):
 
     prefix = json.loads(storage.get_bytes(jobs.summary_key(job_id)))["outputs"]["results"]
     return pa.concat_tables(read_parquet(storage.get_bytes(k)) for k in storage.list_keys(prefix))
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    """A CSV manifest for a test job."""
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
 
 
 def assert_embedding_ok(embedding) -> None:

@@ -8,7 +8,6 @@ are tested at the seed's thresholds in test_decisions.py.
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 
 from faceq.storage import open_storage
 from producer.samples import draw_face, encode
-from tests.conftest import redis_and_worker
+from tests.conftest import redis_and_worker, write_csv
 from tests.test_end_to_end import Stack
 
 pytestmark = pytest.mark.integration
@@ -54,17 +53,9 @@ def photos(stack) -> Path:
     return checkin_photos(stack[1] / "photos", 6)
 
 
-def _csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
-
-
 def _enrol(stack, photos: Path, job_id: str) -> dict:
     st, tmp = stack
-    manifest = _csv(tmp / f"{job_id}.csv", ["employee_id", "image"], [
+    manifest = write_csv(tmp / f"{job_id}.csv", ["employee_id", "image"], [
         ["e1", str(photos / "f0.jpg")],
         ["e2", str(photos / "f1.jpg")], ["e2", str(photos / "f2.jpg")],
         ["e3", str(photos / "f3.jpg")], ["e3", str(photos / "truncated.jpg")],
@@ -92,7 +83,7 @@ def test_attendance_decisions_against_the_gallery(stack, photos):
     st, tmp = stack
     if not st.storage.exists("galleries/staff/current.json"):
         _enrol(stack, photos, "enrol-1")
-    manifest = _csv(tmp / "checkins.csv", ["record_id", "employee_id", "image", "device_id", "captured_at"], [
+    manifest = write_csv(tmp / "checkins.csv", ["record_id", "employee_id", "image", "device_id", "captured_at"], [
         ["r-same", "e1", str(photos / "f0.jpg"), "gate-1", "2026-11-24T08:00:00Z"],
         ["r-other", "e1", str(photos / "f3.jpg"), "gate-1", "2026-11-24T08:01:00Z"],
         ["r-unenrolled", "e9", str(photos / "f1.jpg"), "gate-2", "2026-11-24T08:02:00Z"],
@@ -135,7 +126,7 @@ def test_a_new_enrolment_is_a_new_version_and_old_jobs_keep_theirs(stack, photos
 
 def test_an_unknown_gallery_is_refused_before_anything_is_queued(stack, photos):
     st, tmp = stack
-    manifest = _csv(tmp / "one.csv", ["record_id", "employee_id", "image", "device_id", "captured_at"],
+    manifest = write_csv(tmp / "one.csv", ["record_id", "employee_id", "image", "device_id", "captured_at"],
                     [["r1", "e1", str(photos / "f0.jpg"), "", ""]])
     done = st.producer("attendance", str(manifest), "--gallery", "nobody-enrolled-this", "--no-progress")
     assert done.returncode == 1 and "no gallery 'nobody-enrolled-this'" in done.stderr

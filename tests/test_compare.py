@@ -6,7 +6,6 @@ every face 0.9, so the seed's thresholds can say ``same`` for a photo compared w
 
 from __future__ import annotations
 
-import csv
 import math
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from faceq.storage import open_storage
 from models.weights import load_model
 from producer.samples import draw_face, encode
 from producer.submit import JobOptions, write_plan
-from tests.conftest import assert_embedding_ok, job_rows, needs_yunet, redis_and_worker
+from tests.conftest import assert_embedding_ok, job_rows, needs_yunet, redis_and_worker, write_csv
 from tests.photos import write_photos
 from workers.engine import Engine
 from workers.service import ChunkProcessor
@@ -66,11 +65,7 @@ def client(stack) -> Client:
 
 
 def _manifest(path: Path, rows: list[dict]) -> Path:
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    return write_csv(path, list(rows[0]), [list(row.values()) for row in rows])
 
 
 @needs_yunet

@@ -21,7 +21,7 @@ from faceq import Client
 from faceq.errors import JobError
 from faceq.gallery import GalleryStore
 from faceq.results import read_parquet
-from tests.conftest import needs_yunet
+from tests.conftest import needs_yunet, write_csv
 from tests.dom import parse
 from tests.test_attendance import checkin_photos, gallery_stack
 
@@ -46,19 +46,11 @@ def client(stack) -> Client:
     return Client.from_env(broker=st.env["FACEQ_BROKER_URL"], storage=st.env["FACEQ_STORAGE_URL"])
 
 
-def _csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
-
-
 @pytest.fixture(scope="module")
 def gallery(stack, photos) -> str:
     """Gallery ``rev`` v1: e1 ← f0, e2 ← f1 + f2, e3 ← f3, e4 ← f4 (crop mode)."""
     st, tmp = stack
-    manifest = _csv(tmp / "enrol.csv", ["employee_id", "image"], [
+    manifest = write_csv(tmp / "enrol.csv", ["employee_id", "image"], [
         ["e1", str(photos / "f0.jpg")], ["e2", str(photos / "f1.jpg")], ["e2", str(photos / "f2.jpg")],
         ["e3", str(photos / "f3.jpg")], ["e4", str(photos / "f4.jpg")]])
     done = st.producer("enroll", str(manifest), "--gallery", "rev", "--job-id", "rev-enrol-1", "--wait",
@@ -79,7 +71,7 @@ CHECKINS = {  # record_id → (claimed, photo, device, captured_at, expected dec
 @pytest.fixture(scope="module")
 def attendance(stack, photos, gallery) -> str:
     st, tmp = stack
-    manifest = _csv(tmp / "checkins.csv", CHECKIN_COLUMNS, [
+    manifest = write_csv(tmp / "checkins.csv", CHECKIN_COLUMNS, [
         [record, claimed, str(photos / f"{photo}.jpg"), device, captured]
         for record, (claimed, photo, device, captured, _) in CHECKINS.items()])
     done = st.producer("attendance", str(manifest), "--gallery", gallery, "--top-k", "3", "--job-id", "rev-att-1",
@@ -193,7 +185,7 @@ def test_verdicts_round_trip_through_client_and_cli_and_show_up_later(stack, cli
     article = _articles((tmp / "regen.html").read_text())["r-other"]
     assert "confirmed by alice" in article.find(cls="verdict").text()
     # a later job of the same gallery shows the earlier verdicts beside the same employee
-    manifest = _csv(tmp / "checkins-2.csv", CHECKIN_COLUMNS,
+    manifest = write_csv(tmp / "checkins-2.csv", CHECKIN_COLUMNS,
                     [["r2-other", "e1", str(photos / "f3.jpg"), "gate-1", "2026-11-25T08:01:00Z"]])
     done = st.producer("attendance", str(manifest), "--gallery", "rev", "--top-k", "2", "--job-id", "rev-att-2",
                        "--wait", "--no-progress")
@@ -216,7 +208,7 @@ def test_delta_enrolment_makes_a_version_with_exactly_the_changed_employees(stac
     base = store.current_version(gallery)
     before = _templates(st.storage, gallery, base)
     v_before = st.storage.get_bytes(f"galleries/{gallery}/v{base}/gallery.parquet")
-    manifest = _csv(tmp / "delta.csv", ["employee_id", "image"], [
+    manifest = write_csv(tmp / "delta.csv", ["employee_id", "image"], [
         ["e2", str(photos / "f5.jpg")],  # updated: a new photo replaces e2's template
         ["e6", str(photos / "f6.jpg")],  # added
         ["e6", str(photos / "truncated.jpg")],  # rejected, reported
@@ -274,7 +266,7 @@ def test_removing_employees_makes_a_new_version_without_them(stack, client, gall
 
 def test_attendance_in_another_mode_than_the_enrolment_is_refused(stack, client, photos, gallery):
     st, tmp = stack
-    manifest = _csv(tmp / "detect.csv", CHECKIN_COLUMNS,
+    manifest = write_csv(tmp / "detect.csv", CHECKIN_COLUMNS,
                     [["r-d", "e1", str(photos / "f0.jpg"), "gate-1", "2026-11-24T08:00:00Z"]])
     done = st.producer("attendance", str(manifest), "--gallery", gallery, "--mode", "detect", "--job-id", "rev-detect",
                        "--no-progress")
