@@ -24,7 +24,7 @@ demo: install
 	$(PY) -m producer.demo
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 worker: install
 	$(PY) -m workers --device $${FACEQ_DEVICE:-cpu}
