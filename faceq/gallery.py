@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from faceq.errors import JobError
 from faceq.jobs import validate_name
-from faceq.results import read_parquet
+from faceq.results import open_parquet, read_parquet
 from faceq.storage import Storage
 
 EMBEDDING_DIM = 512
@@ -270,9 +270,9 @@ class GalleryStore:
             return []
         wanted = None if employee_ids is None else pa.array(sorted(set(employee_ids)), pa.string())
         rows = []
-        with pq.ParquetFile(pa.BufferReader(self.storage.get_bytes(key))) as parquet:
+        with open_parquet(self.storage.get_bytes(key)) as parquet:
             for group in range(parquet.num_row_groups):
-                table = parquet.read_row_group(group)
+                table = parquet.read_row_group(group, use_threads=False)
                 if wanted is not None:
                     table = table.filter(pc.is_in(table.column("employee_id"), wanted))
                 rows += table.to_pylist()

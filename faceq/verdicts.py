@@ -22,11 +22,10 @@ from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from faceq import jobs
 from faceq.errors import JobError
-from faceq.results import read_parquet, to_parquet
+from faceq.results import open_parquet, read_parquet, to_parquet
 from faceq.storage import Storage
 
 VERDICTS = ("confirmed", "rejected", "retake")
@@ -94,9 +93,9 @@ def find_item(storage: Storage, summary: dict, item_id: str) -> dict | None:
     reading one part at a time and only the columns a verdict copies."""
     wanted = ["item_id", "decision", "review_reasons", "gallery", "employee_id", "captured_at_raw", "captured_at"]
     for key in storage.list_keys(summary["outputs"]["results"]):
-        with pq.ParquetFile(pa.BufferReader(storage.get_bytes(key))) as parquet:
+        with open_parquet(storage.get_bytes(key)) as parquet:
             names = set(parquet.schema_arrow.names)
-            table = parquet.read(columns=[c for c in wanted if c in names])
+            table = parquet.read(columns=[c for c in wanted if c in names], use_threads=False)
         match = table.filter(pc.equal(table.column("item_id"), item_id))
         if match.num_rows:
             return match.slice(0, 1).to_pylist()[0]
