@@ -198,12 +198,12 @@ def to_parquet(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def read_parquet(data: bytes, columns: list[str] | None = None) -> pa.Table:
+def read_parquet(data: bytes | pa.Buffer, columns: list[str] | None = None) -> pa.Table:
     with open_parquet(data) as parquet:
         return parquet.read(columns=columns, use_threads=False)
 
 
-def open_parquet(data: bytes) -> pq.ParquetFile:
+def open_parquet(data: bytes | pa.Buffer) -> pq.ParquetFile:
     """A Parquet reader over an Arrow-owned copy of ``data``; read it with ``use_threads=False``.
 
     Short-lived producers aborted at exit ("terminate called without an active exception",
@@ -213,6 +213,8 @@ def open_parquet(data: bytes) -> pq.ParquetFile:
     the bytes copied into Arrow's memory (a memcpy of a part) and no pool threads, no Arrow
     thread ever holds a Python object.
     """
+    if isinstance(data, pa.Buffer):  # already Arrow's (a memory map): nothing to copy
+        return pq.ParquetFile(pa.BufferReader(data))
     buffer = pa.allocate_buffer(len(data))
     with pa.FixedSizeBufferWriter(buffer) as writer:
         writer.write(data)
