@@ -13,10 +13,12 @@ timed. One worker process (``--concurrency 2``, chunks of 256, batches of up to 
 - ``dataloader``: what a user would write instead: a plain ``torch.utils.data.DataLoader`` over
   the ``crop_file`` folder (Pillow decode, uint8 tensors, batch 256, ``num_workers=2``).
 
-For each: images/s (median of ``runs`` jobs), worker CPU ms per item (``/proc`` user + system),
+For each: images/s (median of ``runs`` jobs), worker CPU ms per item (``/proc`` user + system
+of the worker and its descendants: the crop pool's decoding children and their fork server),
 cores used (CPU seconds / wall seconds), and the CPU per item by stage, from the worker's
 ``faceq_stage_cpu_seconds_total{stage}`` (thread CPU: fetch, decode, detect, crop, rows, write,
-record) and ``faceq_device_batch_seconds_sum`` (device); ``other`` is the rest of the process's
+record; the decoding children report theirs with each slice) and
+``faceq_device_batch_seconds_sum`` (device); ``other`` is the rest of the process tree's
 CPU: Celery, kombu, Redis, heartbeats, finalize — the queue overhead. Timed from the job's
 submission until its last chunk is recorded.
 """

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from faceq.devstack import WorkerProcess, wait_until
+from faceq.devstack import WorkerProcess, process_tree, wait_until
 from faceq.heartbeats import read_heartbeats
 from faceq.jobs import Item
 from faceq.ledger import Ledger
@@ -24,9 +24,9 @@ from producer.submit import JobOptions, submit
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc), to report worker CPU utilisation."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its live descendants (a worker's fork server
+    and decoding children): the CPU a worker costs the machine."""
+    return sum(ticks for _, ticks, _ in process_tree(pid).values()) / os.sysconf("SC_CLK_TCK")
 
 
 def write_crops(storage: Storage, prefix: str, n: int) -> list[Item]:

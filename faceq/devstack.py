@@ -45,6 +45,34 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str, interva
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def process_tree(pid: int) -> dict[int, tuple[int, int, str]]:
+    """``pid`` and its live descendants (Linux /proc): PID → (parent PID, CPU clock ticks, command line).
+    A worker's tree holds its fork server and the crop pool's decoding children."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # exited meanwhile
+            continue
+        table[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]), command)
+    tree, grew = {pid}, True
+    while grew:
+        grew = False
+        for child, (parent, _, _) in table.items():
+            if parent in tree and child not in tree:
+                tree.add(child)
+                grew = True
+    return {p: table[p] for p in tree if p in table}
+
+
+def decoding_children(worker_pid: int) -> list[int]:
+    """The PIDs of a worker's crop-pool children (those its fork server forked)."""
+    tree = process_tree(worker_pid)
+    servers = {p for p, (_, _, command) in tree.items() if "forkserver" in command and tree[p][0] == worker_pid}
+    return sorted(p for p, (parent, _, _) in tree.items() if parent in servers)
+
+
 def _tail(path: Path, lines: int) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

@@ -16,10 +16,12 @@ def _env(name: str, default: str | None = None) -> str | None:
     return default if value is None or value.strip() == "" else value.strip()
 
 
-def _int(name: str, default: int, minimum: int = 1) -> int:
+def _int(name: str, default, minimum: int = 1):
     raw = _env(name)
+    if raw is None:
+        return default
     try:
-        value = default if raw is None else int(raw)
+        value = int(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not an integer") from None
     if value < minimum:
@@ -99,6 +101,7 @@ class Settings:
     chunk_size: int = 256
     queue: str = "faceq"
     io_threads: int = 8
+    decode_processes: int | None = None  # crop mode's local reads in child processes; None: one per usable core
     max_image_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = 50_000_000
     decode_pixel_budget: int = 150_000_000  # decoded pixels in flight per worker (≈ 3 bytes each, plus copies)
@@ -146,6 +149,7 @@ class Settings:
             chunk_size=_int("FACEQ_CHUNK_SIZE", d.chunk_size),
             queue=_env("FACEQ_QUEUE", d.queue),
             io_threads=_int("FACEQ_IO_THREADS", d.io_threads),
+            decode_processes=_int("FACEQ_DECODE_PROCESSES", None, minimum=0),
             max_image_bytes=_int("FACEQ_MAX_IMAGE_BYTES", d.max_image_bytes),
             max_image_pixels=_int("FACEQ_MAX_IMAGE_PIXELS", d.max_image_pixels),
             decode_pixel_budget=_int("FACEQ_DECODE_PIXEL_BUDGET", d.decode_pixel_budget),

@@ -40,6 +40,15 @@ def file_uri_path(uri: str) -> Path:
     return Path(unquote(parsed.path))
 
 
+def read_local_uri(uri: str, max_bytes: int | None = None) -> bytes:
+    """The bytes of a ``file://`` input (a regular file, at most ``max_bytes``), as ``read_uri`` reads it."""
+    from faceq.localfiles import read_regular_file
+
+    if uri.startswith("file:///") and "?" not in uri and "#" not in uri:  # the canonical form: no parsing
+        return read_regular_file(unquote(uri[7:]) if "%" in uri else uri[7:], max_bytes)
+    return read_regular_file(file_uri_path(uri), max_bytes)
+
+
 class Storage(ABC):
     """Objects under one root. Keys use ``/`` separators and never start with one."""
 
@@ -114,11 +123,7 @@ class Storage(ABC):
                 return self._read_obstore(fast, key, max_bytes, f"cannot read {uri}")
             return self._s3(lambda: _read_body(self.client.get_object(Bucket=bucket, Key=key)["Body"], max_bytes),
                             f"cannot read {uri}")
-        from faceq.localfiles import read_regular_file
-
-        if uri.startswith("file:///") and "?" not in uri and "#" not in uri:  # the canonical form: no parsing
-            return read_regular_file(unquote(uri[7:]) if "%" in uri else uri[7:], max_bytes)
-        return read_regular_file(file_uri_path(uri), max_bytes)
+        return read_local_uri(uri, max_bytes)
 
     def _object_store(self, bucket: str):
         """obstore's S3 client for ``bucket`` (Rust ``object_store``), made on first use, or None

@@ -27,9 +27,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from faceq.errors import BadInputError
-from models.align import align_face
+from models.align import INPUT_SIZE, align_face
 from models.detect import FaceDetector, usable_faces
-from models.rts import INPUT_SIZE
 
 try:  # optional: without it every image goes through Pillow (same pixels, more CPU, more GIL)
     import simplejpeg

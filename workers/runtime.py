@@ -27,7 +27,8 @@ from workers.engine import Engine
 from workers.health import Heartbeat
 from workers.leases import LeaseKeeper
 from workers.metrics import WorkerMetrics, quick_redis
-from workers.service import ChunkProcessor
+from workers.crop_pool import CropPool
+from workers.service import ChunkProcessor, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,8 @@ def build_runtime(settings: Settings, worker_name: str | None = None) -> Runtime
     name = worker_name or f"faceq-{settings.device.replace(':', '')}@{socket.gethostname()}"
     batcher = (MicroBatcher(engine.infer, settings.max_batch, settings.max_delay_ms, metrics=metrics)
                if settings.microbatch else None)
-    processor = ChunkProcessor(settings, storage, ledger, engine, name, detector, batcher, metrics=metrics)
+    processor = ChunkProcessor(settings, storage, ledger, engine, name, detector, batcher, metrics=metrics,
+                               crop_pool=start_crop_pool(settings))
     report.warm_up()
     heartbeat = Heartbeat(ledger.redis, name, settings, engine, batcher).start()
     leases = LeaseKeeper(ledger.redis, interval=max(1.0, VISIBILITY_TIMEOUT / 3)).start()
@@ -80,6 +82,19 @@ def build_runtime(settings: Settings, worker_name: str | None = None) -> Runtime
     if endpoints is not None:
         endpoints.mark_warm()
     return Runtime(settings, storage, ledger, engine, processor, batcher, heartbeat, leases, metrics, endpoints)
+
+
+def start_crop_pool(settings: Settings) -> CropPool | None:
+    """Children that read crop mode's local items (``FACEQ_DECODE_PROCESSES``; default one per
+    usable core, none on a single core, where they would only add hand-overs)."""
+    processes = settings.decode_processes
+    if processes is None:
+        processes = usable_cores() if usable_cores() > 1 else 0
+    if not processes or "crop" not in settings.modes:
+        return None
+    pool = CropPool(processes, settings.max_image_bytes, settings.max_image_pixels, settings.chunk_size).start()
+    log.info("crop mode's local items are read by %d decoding process(es)", processes)
+    return pool
 
 
 def shutdown_runtime() -> None:

@@ -13,13 +13,13 @@ skipped; a part is rewritten under the same name), poison chunks (recorded as fa
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
@@ -43,6 +43,7 @@ from models.detect import YUNET_HELP, FaceDetector
 from models.preprocess import PreparedImage, crop_face, decode_image, detect_faces, image_size
 from models.rts import INPUT_SIZE
 from workers.batcher import MicroBatcher
+from workers.crop_pool import CropPool, SharedBatch
 from workers.engine import Engine
 from workers.galleries import GalleryCache
 from workers.metrics import NULL_METRICS, NullMetrics
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 FINALIZE_LEASE_SECONDS = 30  # renewed every third of this while finalize runs
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
     """Cores this process may run on (``taskset`` and cgroup cpusets count), not the machine's."""
     try:
         return len(os.sched_getaffinity(0))
@@ -111,7 +112,8 @@ class HeaderCache:
 class ChunkProcessor:
     def __init__(self, settings: Settings, storage: Storage, ledger: Ledger, engine: Engine, worker: str,
                  detector: FaceDetector | None = None, batcher: MicroBatcher | None = None,
-                 galleries: GalleryCache | None = None, metrics: NullMetrics | None = None):
+                 galleries: GalleryCache | None = None, metrics: NullMetrics | None = None,
+                 crop_pool: CropPool | None = None):
         self.settings = settings
         self.metrics = metrics or NULL_METRICS  # workers.metrics: stage timings, rows by status
         self.storage = storage
@@ -119,6 +121,7 @@ class ChunkProcessor:
         self.engine = engine
         self.worker = worker
         self.detector = detector
+        self.crop_pool = crop_pool  # crop mode's local items read by child processes (workers.crop_pool)
         # with a batcher, this chunk's crops share device batches with other tasks' crops
         self._infer = (batcher.infer if batcher is not None
                        else self.metrics.direct_infer(engine.infer, getattr(engine, "max_batch", None)))
@@ -134,6 +137,8 @@ class ChunkProcessor:
 
     def close(self) -> None:
         self._io.shutdown(wait=False, cancel_futures=True)
+        if self.crop_pool is not None:
+            self.crop_pool.close()
 
     def allowed_sources(self, header: JobHeader) -> AllowedSources:
         """What this job may read: the worker's configured roots, the storage root and the job's
@@ -175,11 +180,29 @@ class ChunkProcessor:
             log.exception("unexpected error preparing %s", item.source_uri)
             return BadInputError("internal", f"{type(exc).__name__}: {exc}")
 
-    def _prepare_all(self, items: list[Item], mode: str, allowed: AllowedSources,
-                     batch: np.ndarray | None = None) -> list[PreparedImage | BadInputError]:
+    def _prepare_all(self, items: list[Item], mode: str, allowed: AllowedSources, batch: np.ndarray | None = None,
+                     shared: SharedBatch | None = None) -> list[PreparedImage | BadInputError]:
         """Every item prepared, or an error row for one that did not finish within the timeout.
         With ``batch`` (crop mode: (len(items), 112, 112, 3) uint8), item i's crop is left in
-        ``batch[i]``.
+        ``batch[i]``. With ``shared`` (that batch in shared memory), the crop pool's children
+        read the local items; the threads read the rest.
+        """
+        prepared: list[PreparedImage | BadInputError | None] = [None] * len(items)
+        local = {}
+        if shared is not None:
+            local = {i: item.source_uri for i, item in enumerate(items) if item.source_uri.startswith("file:")}
+            outcomes, cpu = self.crop_pool.read(shared, local, allowed, self.settings.item_timeout_seconds)
+            self.cpu.add_many(**cpu)
+            for i, outcome in outcomes.items():
+                prepared[i] = outcome
+        rest = [i for i in range(len(items)) if i not in local]
+        if rest:
+            self._prepare_in_threads(items, rest, mode, allowed, batch, prepared)
+        return prepared
+
+    def _prepare_in_threads(self, items: list[Item], indices: list[int], mode: str, allowed: AllowedSources,
+                            batch: np.ndarray | None, prepared: list) -> None:
+        """``prepared[i]`` for each of ``indices``.
 
         A few pool threads (``_threads_for``) each take the next item until none is left: one
         task per thread rather than a future per item (the per-item bookkeeping cost more GIL
@@ -187,15 +210,15 @@ class ChunkProcessor:
         """
         with self._io_lock:
             pool = self._io
-        n = len(items)
-        prepared: list[PreparedImage | BadInputError | None] = [None] * n
-        next_index = itertools.count().__next__  # atomic under the GIL
+        n = len(indices)
+        next_index = iter(indices).__next__  # atomic under the GIL
         stop = threading.Event()
 
         def drain() -> None:
             while not stop.is_set():
-                i = next_index()
-                if i >= n:
+                try:
+                    i = next_index()
+                except StopIteration:
                     return
                 try:
                     outcome = self._prepare(items[i], mode, allowed, None if batch is None else batch[i])
@@ -205,12 +228,12 @@ class ChunkProcessor:
                 if not stop.is_set():
                     prepared[i] = outcome
 
-        futures = [pool.submit(drain) for _ in range(min(self._threads_for(items), n))]
+        futures = [pool.submit(drain) for _ in range(min(self._threads_for([items[i] for i in indices]), n))]
         _, not_done = wait(futures, timeout=self.settings.item_timeout_seconds)
         stop.set()
         if not_done:
             # the stuck threads cannot be interrupted: give later chunks a fresh pool
-            stuck = sum(outcome is None for outcome in prepared)
+            stuck = sum(prepared[i] is None for i in indices)
             log.error("%d item(s) did not finish reading within %.0fs; replacing the I/O pool",
                       stuck, self.settings.item_timeout_seconds)
             with self._io_lock:
@@ -221,7 +244,9 @@ class ChunkProcessor:
             if future.done() and future.exception() is not None:
                 raise future.exception()
         timeout = BadInputError("timeout", f"not read and decoded within {self.settings.item_timeout_seconds:.0f}s")
-        return [timeout if outcome is None else outcome for outcome in prepared]
+        for i in indices:
+            if prepared[i] is None:
+                prepared[i] = timeout
 
     def _threads_for(self, items: list[Item]) -> int:
         """Local files: one thread per usable core. More would not decode faster but would fight
@@ -229,7 +254,7 @@ class ChunkProcessor:
         Network reads wait: up to ``io_threads`` then, to keep that many requests in flight."""
         if any(not item.source_uri.startswith("file:") for item in items[:8]):
             return self.settings.io_threads
-        return max(1, min(self.settings.io_threads, _usable_cores()))
+        return max(1, min(self.settings.io_threads, usable_cores()))
 
     def rows(self, header: JobHeader, items: list[Item]) -> list[ItemResult]:
         """Rows in item order: one per item (its largest face, ``no_face`` or ``error``), or
@@ -245,11 +270,19 @@ class ChunkProcessor:
     def _image_rows(self, header: JobHeader, items: list[Item]) -> list[ItemResult]:
         if header.mode == "detect" and self.detector is None:
             raise ModelError(f"job {header.job_id} asks for detect mode but this worker has no detector. {YUNET_HELP}")
+        if header.mode != "crop":
+            return self._rows_of(header, items, None, None)
         # crop mode: every crop is written into its row of one batch, so no per-crop array is
-        # allocated and nothing is stacked before the device
-        batch = np.empty((len(items), INPUT_SIZE, INPUT_SIZE, 3), np.uint8) if header.mode == "crop" else None
+        # allocated and nothing is stacked before the device; with a crop pool the batch is in
+        # shared memory and its children write the local items' crops
+        with self.crop_pool.batch(len(items)) if self.crop_pool else nullcontext() as shared:
+            batch = np.empty((len(items), INPUT_SIZE, INPUT_SIZE, 3), np.uint8) if shared is None else shared.crops
+            return self._rows_of(header, items, batch, shared)
+
+    def _rows_of(self, header: JobHeader, items: list[Item], batch: np.ndarray | None, shared: SharedBatch | None
+                 ) -> list[ItemResult]:
         with self.metrics.stage("prepare"):
-            prepared = self._prepare_all(items, header.mode, self.allowed_sources(header), batch)
+            prepared = self._prepare_all(items, header.mode, self.allowed_sources(header), batch, shared)
         rows_started = clock()
         faces = [  # (item index, face crop) for every face that goes through the model
             (i, face)
