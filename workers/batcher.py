@@ -125,7 +125,8 @@ class MicroBatcher:
         return segments
 
     def _run(self, segments: list[tuple[_Request, int, int]]) -> None:
-        crops = np.concatenate([r.crops[start : start + n] for r, start, n in segments])
+        parts = [r.crops[start : start + n] for r, start, n in segments]
+        crops = parts[0] if len(parts) == 1 else np.concatenate(parts)  # a chunk's own batch: no copy
         started = time.monotonic()
         try:
             embeddings, quality = self.run_batch(crops)
