@@ -13,8 +13,9 @@ timed. One worker process (``--concurrency 2``, chunks of 256, batches of up to 
 - ``dataloader``: what a user would write instead: a plain ``torch.utils.data.DataLoader`` over
   the ``crop_file`` folder (Pillow decode, uint8 tensors, batch 256, ``num_workers=2``).
 
-For each: images/s (median of ``runs`` jobs), worker CPU ms per item (``/proc`` user + system
-of the worker and its descendants: the crop pool's decoding children and their fork server),
+For each: images/s (median of ``runs`` jobs, after one untimed warm-up job), worker CPU ms
+per item (``/proc`` user + system of the worker and its descendants: the crop pool's decoding
+children and their fork server),
 cores used (CPU seconds / wall seconds), and the CPU per item by stage, from the worker's
 ``faceq_stage_cpu_seconds_total{stage}`` (thread CPU: fetch, decode, detect, crop, rows, write,
 record; the decoding children report theirs with each slice) and
@@ -186,6 +187,10 @@ def measure(base_env: dict[str, str], workdir: Path, label: str, storage_url: st
         worker.args = ["taskset", "-c", pin, *worker.args]
     worker.start(ready_timeout=300)
     try:
+        # not timed: a fresh worker's first job pays one-off costs (the first Parquet write, storage
+        # folders, shared batches) that every later job is spared
+        run_job(ledger, storage, settings, items[: 2 * CHUNK], mode, f"pipe-{label}-warm-{port}", allowed, timeout,
+                worker.pid, port)
         results = [run_job(ledger, storage, settings, items, mode, f"pipe-{label}-{r}-{port}", allowed, timeout,
                            worker.pid, port) for r in range(runs)]
     finally:
