@@ -106,6 +106,7 @@ class _Round:
     """What one ``read`` call still has to get (item index → URI) and what it has got."""
 
     todo: dict[int, str]
+    timeout: float
     tries: dict[int, int] = field(default_factory=dict)
     outcomes: dict[int, PreparedImage | BadInputError] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=lambda: {"fetch": 0.0, "decode": 0.0, "crop": 0.0})
@@ -133,10 +134,10 @@ class CropPool:
 
     def close(self) -> None:
         with self._lock:
-            executor, self._executor = self._executor, None
+            executor = self._executor
             free, self._free = self._free, []
         if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+            self._kill(executor)  # not a graceful shutdown: a child stuck on a read would hold it up for ever
         for batch in free:
             batch.close()
 
@@ -171,7 +172,7 @@ class CropPool:
              ) -> tuple[dict[int, PreparedImage | BadInputError], dict[str, float]]:
         """Item index → its crop (in ``batch.crops[index]``) or its error, for every index of
         ``uris``; and the children's CPU seconds by stage."""
-        state = _Round(dict(uris))
+        state = _Round(dict(uris), timeout)
         idle_rounds = 0
         while state.todo:
             left = len(state.todo), sum(state.tries.values())
@@ -182,7 +183,7 @@ class CropPool:
             if not_done or died:
                 log.error("crop pool: %s; restarting the decoding processes", f"{len(not_done)} slice(s) not read "
                           f"within {timeout:.0f}s" if not_done else f"a decoding process died ({died[0].exception()})")
-                self._restart(executor)
+                self._kill(executor)
             for future, indices in slices.items():
                 self._collect(future, indices, batch, state, timed_out=future in not_done)
             idle_rounds = idle_rounds + 1 if (len(state.todo), sum(state.tries.values())) == left else 0
@@ -224,7 +225,7 @@ class CropPool:
             if status == DONE:
                 state.outcomes[i] = batch.crop(i)
             elif status == STARTED and timed_out:
-                state.outcomes[i] = BadInputError("timeout", "not read and decoded within the item timeout")
+                state.outcomes[i] = BadInputError("timeout", f"not read and decoded within {state.timeout:.0f}s")
             elif status == STARTED:
                 state.tries[i] = state.tries.get(i, 0) + 1
                 if state.tries[i] >= MAX_TRIES:
@@ -240,8 +241,8 @@ class CropPool:
                                                      initializer=_exit_with, initargs=(os.getpid(),))
             return self._executor
 
-    def _restart(self, executor: ProcessPoolExecutor) -> None:
-        """Kill ``executor``'s children (a stuck one cannot be interrupted); the next call starts fresh ones."""
+    def _kill(self, executor: ProcessPoolExecutor) -> None:
+        """Kill ``executor``'s children (a stuck one cannot be interrupted); the next read starts fresh ones."""
         with self._lock:
             if self._executor is executor:
                 self._executor = None
