@@ -13,14 +13,15 @@ timed. One worker process (``--concurrency 2``, chunks of 256, batches of up to 
 - ``dataloader``: what a user would write instead: a plain ``torch.utils.data.DataLoader`` over
   the ``crop_file`` folder (Pillow decode, uint8 tensors, batch 256, ``num_workers=2``).
 
-For each: images/s (median of ``runs`` jobs, after one untimed warm-up job), worker CPU ms
+For each: images/s (median of ``runs`` jobs, after one untimed warm-up job); worker CPU ms
 per item (``/proc`` user + system of the worker and its descendants: the crop pool's decoding
-children and their fork server),
-cores used (CPU seconds / wall seconds), and the CPU per item by stage, from the worker's
+children and their fork server); cores used (CPU seconds / wall seconds, and
+``cores_used_once_enqueued``: from the moment the job's last chunk was queued, since the worker
+has nothing to do while the producer plans); and the CPU per item by stage, from the worker's
 ``faceq_stage_cpu_seconds_total{stage}`` (thread CPU: fetch, decode, detect, crop, rows, write,
 record; the decoding children report theirs with each slice) and
-``faceq_device_batch_seconds_sum`` (device); ``other`` is the rest of the process tree's
-CPU: Celery, kombu, Redis, heartbeats, finalize — the queue overhead. Timed from the job's
+``faceq_device_batch_seconds_sum`` (device); ``other`` is the rest of the process tree's CPU:
+Celery, kombu, Redis, heartbeats, finalize — the queue overhead. Timed from the job's
 submission until its last chunk is recorded.
 """
 
@@ -149,7 +150,10 @@ def run_job(ledger, storage, settings, items, mode: str, job_id: str, allowed: t
     stage_ms["other"] = round(1000 * (cpu - sum(stages.values())) / n, 4)
     return {"ips": round(n / seconds, 1), "seconds": round(seconds, 3), "submit_seconds": round(submitted - started, 3),
             "worker_cpu_ms_per_item": round(1000 * cpu / n, 4),
-            "cores_used": round(cpu / seconds, 2), "stage_cpu_ms_per_item": stage_ms}
+            "cores_used": round(cpu / seconds, 2),
+            # the same from the moment every chunk was queued: the planning before it leaves a worker idle
+            "cores_used_once_enqueued": round(cpu / (seconds - (submitted - started)), 2),
+            "stage_cpu_ms_per_item": stage_ms}
 
 
 def medians(runs: list[dict]) -> dict:
@@ -157,6 +161,7 @@ def medians(runs: list[dict]) -> dict:
     return {"ips": statistics.median(r["ips"] for r in runs),
             "worker_cpu_ms_per_item": statistics.median(r["worker_cpu_ms_per_item"] for r in runs),
             "cores_used": statistics.median(r["cores_used"] for r in runs),
+            "cores_used_once_enqueued": statistics.median(r["cores_used_once_enqueued"] for r in runs),
             "stage_cpu_ms_per_item": {k: round(statistics.median(r["stage_cpu_ms_per_item"].get(k, 0.0) for r in runs), 4)
                                       for k in keys},
             "runs": runs}
