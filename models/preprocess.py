@@ -201,14 +201,18 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def crop_face(image_bgr: np.ndarray) -> PreparedImage:
+def crop_face(image_bgr: np.ndarray, out: np.ndarray | None = None) -> PreparedImage:
     """Crop mode: the input is already a face crop; resize it to the network's input (one
-    already 112×112 is used as it is: the same array, not a copy)."""
+    already 112×112 is used as it is: the same array, not a copy). With ``out`` (a row of the
+    chunk's batch) the crop ends up there, unless the image was decoded into it already."""
     height, width = image_bgr.shape[:2]
     if (height, width) == (INPUT_SIZE, INPUT_SIZE):  # already the network's size: resizing is the identity
         pixels = image_bgr
     else:
         pixels = cv2.resize(image_bgr, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_LINEAR)
+    if out is not None and pixels.ctypes.data != out.ctypes.data:
+        out[...] = pixels
+        pixels = out
     return PreparedImage([FaceCrop(pixels, [0.0, 0.0, float(width), float(height)])], face_count=1)
 
 

@@ -305,9 +305,7 @@ def _read_slice(name: str, capacity: int, work: list[tuple[int, str]], roots: tu
             decoded = clock()
             decode += decoded - fetched
             sizes[i] = image.shape[1], image.shape[0]
-            pixels = crop_face(image).faces[0].pixels
-            if pixels.ctypes.data != crops[i].ctypes.data:  # not decoded in place
-                crops[i] = pixels
+            crop_face(image, crops[i])
             crop += clock() - decoded
             status[i] = DONE
             continue

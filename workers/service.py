@@ -164,10 +164,7 @@ class ChunkProcessor:
                 if mode == "detect":
                     prepared = detect_faces(image, self.detector, self.settings.min_face)
                 else:
-                    prepared = crop_face(image)
-                    pixels = prepared.faces[0].pixels
-                    if out is not None and pixels.ctypes.data != out.ctypes.data:  # not decoded in place
-                        out[...] = pixels
+                    prepared = crop_face(image, out)
                 self.cpu.add("detect" if mode == "detect" else "crop", clock() - decoded)
                 return prepared
         except BadInputError as exc:
