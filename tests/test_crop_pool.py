@@ -46,6 +46,29 @@ def _same_rows(a, b):
             np.testing.assert_array_equal(x.embedding, y.embedding)
 
 
+def _big_job(tmp_path, n=48):
+    """A crop-mode job header and its ``n`` large crops."""
+    header, _ = _crop_job(tmp_path, 1)
+    return replace(header, allowed_sources=((tmp_path / "big").as_uri(),)), _big_crops(tmp_path / "big", n)
+
+
+def _signal_once_reading(pool, pids, sig, reading):
+    """Send ``sig`` to ``pids`` once, as soon as ``reading`` items of the pool's first round are being read."""
+    original, sent = pool._submit, threading.Event()
+
+    def submit(*args):
+        slices = original(*args)
+        if not sent.is_set():
+            batch = args[1]
+            wait_until(lambda: (batch.status == STARTED).sum() >= reading, 20, "the children reading")
+            for pid in pids:
+                os.kill(pid, sig)
+            sent.set()
+        return slices
+
+    pool._submit = submit
+
+
 def _big_crops(folder, n, side=1600):
     """``n`` large JPEG face crops (slow enough to decode that a signal lands mid-chunk)."""
     folder.mkdir(exist_ok=True)
@@ -101,25 +124,10 @@ def test_without_room_in_dev_shm_a_chunk_is_read_in_threads(tmp_path, caplog):
 def test_a_stopped_child_costs_only_the_item_it_holds(tmp_path, pool):
     processor = _processor(tmp_path, item_timeout_seconds=3.0)
     processor.crop_pool = pool
-    header, _ = _crop_job(tmp_path, 1)
-    items = _big_crops(tmp_path / "big", 48)
-    header = replace(header, allowed_sources=((tmp_path / "big").as_uri(),))
+    header, items = _big_job(tmp_path)
     children = decoding_children(os.getpid())
     assert len(children) == 2
-    stopped = threading.Event()
-    original = pool._submit
-
-    def submit_then_stop(*args):
-        slices = original(*args)
-        if not stopped.is_set():  # once: the first round, as soon as each child holds an item
-            batch = args[1]
-            wait_until(lambda: (batch.status == STARTED).sum() >= 2, 20, "both children reading")
-            for pid in children:
-                os.kill(pid, signal.SIGSTOP)
-            stopped.set()
-        return slices
-
-    pool._submit = submit_then_stop
+    _signal_once_reading(pool, children, signal.SIGSTOP, reading=2)
     try:
         rows = processor.rows(header, items)
     finally:
@@ -142,23 +150,9 @@ def test_a_stopped_child_costs_only_the_item_it_holds(tmp_path, pool):
 def test_a_killed_child_loses_nothing(tmp_path, pool):
     processor = _processor(tmp_path)
     processor.crop_pool = pool
-    header, _ = _crop_job(tmp_path, 1)
-    items = _big_crops(tmp_path / "big", 48)
-    header = replace(header, allowed_sources=((tmp_path / "big").as_uri(),))
+    header, items = _big_job(tmp_path)
     victim = decoding_children(os.getpid())[0]
-    original = pool._submit
-    killed = threading.Event()
-
-    def submit_then_kill(*args):
-        slices = original(*args)
-        if not killed.is_set():
-            batch = args[1]
-            wait_until(lambda: (batch.status == STARTED).sum() >= 1, 20, "a child reading")
-            os.kill(victim, signal.SIGKILL)
-            killed.set()
-        return slices
-
-    pool._submit = submit_then_kill
+    _signal_once_reading(pool, [victim], signal.SIGKILL, reading=1)
     rows = processor.rows(header, items)
     assert [r.item_id for r in rows] == [i.item_id for i in items]
     assert all(r.status == "ok" for r in rows), [r.error for r in rows if r.error]
