@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from dataclasses import replace
 
 import cv2
@@ -54,16 +55,15 @@ def _big_job(tmp_path, n=48):
 
 def _signal_once_reading(pool, pids, sig, reading):
     """Send ``sig`` to ``pids`` once, as soon as ``reading`` items of the pool's first round are being read."""
-    original, sent = pool._submit, threading.Event()
+    original, once = pool._submit, threading.Lock()
 
     def submit(*args):
         slices = original(*args)
-        if not sent.is_set():
+        if once.acquire(blocking=False):  # the first round of the first chunk to get here; never released
             batch = args[1]
             wait_until(lambda: (batch.status == STARTED).sum() >= reading, 20, "the children reading")
             for pid in pids:
                 os.kill(pid, sig)
-            sent.set()
         return slices
 
     pool._submit = submit
@@ -157,6 +157,33 @@ def test_a_killed_child_loses_nothing(tmp_path, pool):
     assert [r.item_id for r in rows] == [i.item_id for i in items]
     assert all(r.status == "ok" for r in rows), [r.error for r in rows if r.error]
     assert victim not in decoding_children(os.getpid())
+    processor._io.shutdown()
+
+
+def test_a_restart_by_one_chunk_costs_another_chunk_nothing(tmp_path, pool):
+    """Two chunks share the pool; the children are stopped while the first is being read. Its
+    timeout restarts the pool under the second one's feet, a second before the second one's own
+    deadline (whether the second one's slices then end broken or cancelled is up to the
+    executor's threads): each still gets exactly one row per item, and only items a stopped
+    child held can time out."""
+    processor = _processor(tmp_path, item_timeout_seconds=3.0)
+    processor.crop_pool = pool
+    header, items = _big_job(tmp_path, 96)
+    first, second = items[:48], items[48:]
+    _signal_once_reading(pool, decoding_children(os.getpid()), signal.SIGSTOP, reading=1)
+    results = {}
+    threads = [threading.Thread(target=lambda name, chunk: results.__setitem__(name, processor.rows(header, chunk)),
+                                args=(name, chunk)) for name, chunk in (("first", first), ("second", second))]
+    threads[0].start()
+    time.sleep(1)  # the second chunk's deadline is a second later: the first one's restart happens under its feet
+    threads[1].start()
+    for thread in threads:
+        thread.join(60)
+    assert [r.item_id for r in results["first"]] == [i.item_id for i in first]
+    assert [r.item_id for r in results["second"]] == [i.item_id for i in second]
+    rows = results["first"] + results["second"]
+    timeouts = [r for r in rows if r.status != "ok"]
+    assert len(timeouts) <= 2 and all(r.error.startswith("timeout") for r in timeouts), [r.error for r in timeouts]
     processor._io.shutdown()
 
 

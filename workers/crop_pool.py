@@ -179,10 +179,10 @@ class CropPool:
             executor = self._current()
             slices = self._submit(executor, batch, state, allowed.roots)
             _, not_done = wait(slices, timeout=timeout)
-            died = [f for f in slices if f.done() and f.exception() is not None]
+            died = [f for f in slices if f not in not_done and _failure(f) is not None]
             if not_done or died:
                 log.error("crop pool: %s; restarting the decoding processes", f"{len(not_done)} slice(s) not read "
-                          f"within {timeout:.0f}s" if not_done else f"a decoding process died ({died[0].exception()})")
+                          f"within {timeout:.0f}s" if not_done else f"a decoding process died ({_failure(died[0])})")
                 self._kill(executor)
             for future, indices in slices.items():
                 self._collect(future, indices, batch, state, timed_out=future in not_done)
@@ -202,15 +202,15 @@ class CropPool:
             try:
                 future = executor.submit(_read_slice, batch.name, batch.capacity, part, roots, self.max_bytes,
                                          self.max_pixels)
-            except BrokenProcessPool as exc:  # a child died since the round began: read again next round
+            except (BrokenProcessPool, RuntimeError) as exc:  # broken or killed since the round began
                 future = Future()
-                future.set_exception(exc)
+                future.set_exception(BrokenProcessPool(str(exc)))
             slices[future] = [i for i, _ in part]
         return slices
 
     def _collect(self, future: Future, indices: list[int], batch: SharedBatch, state: _Round, timed_out: bool
                  ) -> None:
-        error = None if timed_out else future.exception()
+        error = None if timed_out else _failure(future)
         if error is not None and not isinstance(error, BrokenProcessPool):
             raise error  # a bug on this side (arguments, pickling), not an item's fault
         if not timed_out and error is None:
@@ -252,6 +252,13 @@ class CropPool:
         executor.shutdown(wait=False, cancel_futures=True)
         for child in children:
             child.join(5)
+
+
+def _failure(future: Future) -> BaseException | None:
+    """A finished slice's exception; one cancelled because another chunk restarted the pool counts as broken."""
+    if future.cancelled():
+        return BrokenProcessPool("cancelled: the decoding processes were restarted")
+    return future.exception()
 
 
 # ---------------------------------------------------------------------------- in the children
