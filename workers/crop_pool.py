@@ -81,9 +81,12 @@ class SharedBatch:
         self.status[:] = PENDING
         return self
 
-    def crop(self, i: int) -> PreparedImage:
-        width, height = self.sizes[i]
-        return PreparedImage([FaceCrop(self.crops[i], [0.0, 0.0, float(width), float(height)])], face_count=1)
+    def finished(self, indices: list[int]) -> dict[int, PreparedImage]:
+        """The crops among ``indices`` that are in place (status DONE), as ``crop_face`` gives them."""
+        done = self.status[indices] == DONE
+        sizes = self.sizes[indices].tolist()
+        return {i: PreparedImage([FaceCrop(self.crops[i], [0.0, 0.0, float(width), float(height)])], face_count=1)
+                for i, is_done, (width, height) in zip(indices, done.tolist(), sizes) if is_done}
 
     def close(self) -> None:
         self.crops = self.sizes = self.status = self._all = None
@@ -213,18 +216,20 @@ class CropPool:
         error = None if timed_out else _failure(future)
         if error is not None and not isinstance(error, BrokenProcessPool):
             raise error  # a bug on this side (arguments, pickling), not an item's fault
-        if not timed_out and error is None:
+        state.outcomes.update(batch.finished(indices))
+        if not timed_out and error is None:  # the child went through the slice: each item is done or failed
             errors, cpu = future.result()
             for stage, seconds in cpu.items():
                 state.cpu[stage] += seconds
             for i, code, message in errors:
                 state.outcomes[i] = BadInputError(code, message)
-        # finished crops are kept; a stuck child's item times out; a dead child's is read again, once
-        for i in indices:
-            status = batch.status[i]
-            if status == DONE:
-                state.outcomes[i] = batch.crop(i)
-            elif status == STARTED and timed_out:
+            for i in indices:
+                del state.todo[i]
+            return
+        # a stuck or dead child: its finished crops are kept (above), the item it held times out
+        # (stuck) or is read again once (dead), and the rest of its slice is read again
+        for i, status in zip(indices, batch.status[indices].tolist()):
+            if status == STARTED and timed_out:
                 state.outcomes[i] = BadInputError("timeout", f"not read and decoded within {state.timeout:.0f}s")
             elif status == STARTED:
                 state.tries[i] = state.tries.get(i, 0) + 1
@@ -232,7 +237,7 @@ class CropPool:
                     state.outcomes[i] = BadInputError(
                         "internal", f"the decoding process died while reading this item ({MAX_TRIES} times)")
             if i in state.outcomes:
-                state.todo.pop(i, None)
+                del state.todo[i]
 
     def _current(self) -> ProcessPoolExecutor:
         with self._lock:
