@@ -7,6 +7,7 @@ consumes its first message. A model that cannot load stops the worker at start, 
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import threading
@@ -79,6 +80,10 @@ def build_runtime(settings: Settings, worker_name: str | None = None) -> Runtime
         log.warning(STAND_IN_WARNING, NULL_MODEL_ID)
         log.warning("*" * 100)
     metrics.describe(settings, engine, name, microbatch=batcher is not None)
+    # everything built so far (modules, the model, Celery) lives as long as the worker: the
+    # collector need not walk it again at every full collection (those cost a chunk's result
+    # building about 5× its CPU when they fell inside it)
+    gc.freeze()
     if endpoints is not None:
         endpoints.mark_warm()
     return Runtime(settings, storage, ledger, engine, processor, batcher, heartbeat, leases, metrics, endpoints)
