@@ -100,7 +100,13 @@ def start_crop_pool(settings: Settings) -> CropPool | None:
         processes = min(usable_cores(), MAX_DEFAULT_DECODE_PROCESSES) if usable_cores() > 1 else 0
     if not processes or "crop" not in settings.modes:
         return None
-    pool = CropPool(processes, settings.max_image_bytes, settings.max_image_pixels, settings.chunk_size).start()
+    pool = CropPool(processes, settings.max_image_bytes, settings.max_image_pixels, settings.chunk_size)
+    try:
+        pool.start()
+    except Exception:  # slower without them, but the worker still works
+        log.exception("the decoding processes did not start: crop mode's local items are read in threads")
+        pool.close()
+        return None
     log.info("crop mode's local items are read by %d decoding process(es)", processes)
     return pool
 
