@@ -18,6 +18,7 @@ import signal
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -119,6 +120,25 @@ def test_without_room_in_dev_shm_a_chunk_is_read_in_threads(tmp_path, caplog):
         threads.close()
         short.close()
     assert "no shared memory for a batch" in caplog.text
+
+
+def test_a_chunk_larger_than_the_kept_batches_leaves_no_shared_memory_behind(tmp_path):
+    """Batches of the worker's chunk size are reused; a larger chunk's batch is one-off: freed by
+    the worker and unmapped by every child once read, so a big job holds no memory afterwards."""
+    header, items = _crop_job(tmp_path, 40)
+    processor = _processor(tmp_path)
+    processor.crop_pool = CropPool(2, 32 << 20, 50_000_000, batch_items=8).start()
+    before = set(Path("/dev/shm").iterdir())
+    try:
+        rows = processor.rows(header, items)
+        assert sum(r.status == "ok" for r in rows) == 40
+        children = decoding_children(os.getpid())
+        mapped = [line for pid in children for line in open(f"/proc/{pid}/maps")
+                  if "/dev/shm/psm_" in line]  # SharedMemory's names (sem.* are the queues' locks)
+        assert len(children) == 2 and mapped == []
+        assert set(Path("/dev/shm").iterdir()) <= before
+    finally:
+        processor.close()
 
 
 def test_a_stopped_child_costs_only_the_item_it_holds(tmp_path, pool):

@@ -203,8 +203,8 @@ class CropPool:
         for start in range(0, len(work), size):
             part = work[start : start + size]
             try:
-                future = executor.submit(_read_slice, batch.name, batch.capacity, part, roots, self.max_bytes,
-                                         self.max_pixels)
+                future = executor.submit(_read_slice, batch.name, batch.capacity, batch.capacity <= self.batch_items,
+                                         part, roots, self.max_bytes, self.max_pixels)
             except (BrokenProcessPool, RuntimeError) as exc:  # broken or killed since the round began
                 future = Future()
                 future.set_exception(BrokenProcessPool(str(exc)))
@@ -292,18 +292,33 @@ def _attach(name: str, capacity: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
         shm = SharedMemory(name=name)
         _attached[name] = (shm, *_views(shm, capacity))
         while len(_attached) > 2 * _FREE_BATCHES_KEPT:
-            _attached.popitem(last=False)[1][0].close()
+            _detach(next(iter(_attached)))
     _attached.move_to_end(name)
     return _attached[name][1:]
 
 
-def _read_slice(name: str, capacity: int, work: list[tuple[int, str]], roots: tuple[str, ...], max_bytes: int,
-                max_pixels: int) -> tuple[list[tuple[int, str, str]], dict[str, float]]:
+def _detach(name: str) -> None:
+    shm, *views = _attached.pop(name)
+    del views  # the mapping can only close once no view of it is left
+    shm.close()
+
+
+def _read_slice(name: str, capacity: int, keep_mapped: bool, work: list[tuple[int, str]], roots: tuple[str, ...],
+                max_bytes: int, max_pixels: int) -> tuple[list[tuple[int, str, str]], dict[str, float]]:
     """Read, decode and crop each ``(index, uri)`` into the batch's row ``index``.
 
-    Returns ``(index, error code, message)`` for each item that failed, and the CPU seconds by stage."""
-    crops, sizes, status = _attach(name, capacity)
-    allowed = AllowedSources.parse("", roots)
+    Returns ``(index, error code, message)`` for each item that failed, and the CPU seconds by
+    stage. A one-off batch (larger than the pool keeps) is unmapped afterwards: its memory goes
+    as soon as the worker frees it."""
+    try:
+        return _read_into(*_attach(name, capacity), work, AllowedSources.parse("", roots), max_bytes, max_pixels)
+    finally:
+        if not keep_mapped:
+            _detach(name)
+
+
+def _read_into(crops: np.ndarray, sizes: np.ndarray, status: np.ndarray, work: list[tuple[int, str]],
+               allowed: AllowedSources, max_bytes: int, max_pixels: int) -> tuple[list[tuple[int, str, str]], dict]:
     fetch = decode = crop = 0.0
     errors = []
     for i, uri in work:
