@@ -3,7 +3,8 @@
 ``python -m bench pipeline [--quick] [--record]`` (and the ``pipeline`` section of
 ``python -m bench``). Every worker runs the zero-cost stand-in (``FACEQ_MODEL_ARCH=null``), so
 only fetch, decode, detect/align, batch assembly, result building, Parquet and the queue are
-timed. One worker process (``--concurrency 2``, chunks of 256, batches of up to 256) at a time:
+timed. One worker process (the CPU's default concurrency, 3; chunks of 256, batches of up to 256)
+at a time:
 
 - ``crop_file``: 112×112 JPEG crops in a local folder (``file://``), one job per run;
 - ``crop_file_one_core``: the same, the worker pinned to one core (``taskset -c 0``);
@@ -173,7 +174,7 @@ def measure(base_env: dict[str, str], workdir: Path, label: str, storage_url: st
     """A fresh worker with the stand-in; ``runs`` jobs of ``items`` through it, one after another."""
     from faceq.devstack import WorkerProcess, free_port
     from faceq.ledger import Ledger
-    from faceq.settings import Settings
+    from faceq.settings import Settings, default_concurrency
     from faceq.storage import open_storage
 
     port = free_port()
@@ -187,7 +188,7 @@ def measure(base_env: dict[str, str], workdir: Path, label: str, storage_url: st
     storage = open_storage(storage_url, s3_endpoint)
     ledger = Ledger.from_url(env["FACEQ_BROKER_URL"])
     settings = Settings(broker_url=env["FACEQ_BROKER_URL"], storage_url=storage_url, chunk_size=CHUNK)
-    worker = WorkerProcess(env, workdir / f"worker-{label}.log", concurrency=2)
+    worker = WorkerProcess(env, workdir / f"worker-{label}.log", concurrency=default_concurrency("cpu"))
     if pin is not None:
         worker.args = ["taskset", "-c", pin, *worker.args]
     worker.start(ready_timeout=300)

@@ -17,7 +17,7 @@ from faceq.devstack import WorkerProcess, process_tree, wait_until
 from faceq.heartbeats import read_heartbeats
 from faceq.jobs import Item
 from faceq.ledger import Ledger
-from faceq.settings import Settings
+from faceq.settings import Settings, default_concurrency
 from faceq.storage import Storage, open_storage
 from producer.samples import draw_face, encode
 from producer.submit import JobOptions, submit
@@ -88,7 +88,7 @@ def e2e(base_env: dict[str, str], workdir: Path, storage_url: str, s3_endpoint: 
     ledger = Ledger.from_url(env["FACEQ_BROKER_URL"])
     settings = Settings(broker_url=env["FACEQ_BROKER_URL"], storage_url=storage_url, chunk_size=max(batch, 64))
     items = write_crops(storage, f"bench-inputs/{arch}", n_images)
-    concurrency = 4 if device.startswith("cuda") else 2
+    concurrency = default_concurrency(device)
     with worker(env, workdir / f"worker-e2e-{arch}-{storage_url.split(':')[0]}.log", device, concurrency) as w:
         cpu_before = cpu_seconds(w.process.pid)
         seconds, _ = run_jobs(ledger, storage, settings, [items], f"e2e-{arch}-{storage_url.split(':')[0]}", timeout)

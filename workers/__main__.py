@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=os.environ.get("FACEQ_DEVICE", "cpu"), help="cpu or cuda:N")
     parser.add_argument(
         "--concurrency", type=int, default=None,
-        help="chunk tasks in flight, sharing the one warm model (default: 4 on a GPU, 2 on the CPU)"
+        help="chunk tasks in flight, sharing the one warm model (default: 4 on a GPU, 3 on the CPU)"
     )
     parser.add_argument("--queue", default=None, help="queue to consume (default FACEQ_QUEUE or 'faceq')")
     parser.add_argument("--hostname", default=None, help="worker name shown in Flower")
@@ -22,9 +22,10 @@ def main(argv: list[str] | None = None) -> None:
 
     # The device is fixed before the app (and torch) is imported; CUDA starts in this process.
     os.environ["FACEQ_DEVICE"] = args.device
-    # Enough chunks in flight that while one is on the device, the next is being fetched and
-    # decoded and the last is being written; prefetch 1 means no more are reserved than that.
-    concurrency = args.concurrency or (4 if args.device.startswith("cuda") else 2)
+    from faceq.settings import default_concurrency
+
+    # prefetch 1: no more chunks are reserved than are in flight
+    concurrency = args.concurrency or default_concurrency(args.device)
     if args.queue:
         os.environ["FACEQ_QUEUE"] = args.queue
     from celery.utils.nodenames import host_format
