@@ -16,7 +16,7 @@ def _env(name: str, default: str | None = None) -> str | None:
     return default if value is None or value.strip() == "" else value.strip()
 
 
-def _int(name: str, default, minimum: int = 1):
+def _int(name: str, default: int | None, minimum: int = 1) -> int | None:
     raw = _env(name)
     if raw is None:
         return default
@@ -101,7 +101,7 @@ class Settings:
     chunk_size: int = 256
     queue: str = "faceq"
     io_threads: int = 8
-    decode_processes: int | None = None  # crop mode's local reads in child processes; None: one per usable core
+    decode_processes: int | None = None  # crop mode's local reads in child processes; None: one per usable core, ≤ 8
     max_image_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = 50_000_000
     decode_pixel_budget: int = 150_000_000  # decoded pixels in flight per worker (≈ 3 bytes each, plus copies)

@@ -23,12 +23,12 @@ from models.detect import YUNET_HELP, FaceDetector
 from models.null import NULL_MODEL_ID, STAND_IN_WARNING
 from models.weights import load_model
 from workers.batcher import MicroBatcher
+from workers.crop_pool import CropPool
 from workers.endpoints import Endpoints, start_endpoints
 from workers.engine import Engine
 from workers.health import Heartbeat
 from workers.leases import LeaseKeeper
 from workers.metrics import WorkerMetrics, quick_redis
-from workers.crop_pool import CropPool
 from workers.service import ChunkProcessor, usable_cores
 
 log = logging.getLogger(__name__)
