@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,13 +28,15 @@ import cv2
 import numpy as np
 import pytest
 
+from faceq.allow import AllowedSources
 from faceq.devstack import decoding_children, process_tree, wait_until
+from faceq.errors import BadInputError
 from faceq.jobs import Item
 from faceq.storage import open_storage
 from producer.samples import draw_face
 from tests.conftest import job_rows, redis_and_worker
 from tests.test_datapath import _crop_job, _processor
-from workers.crop_pool import STARTED, CropPool
+from workers.crop_pool import STARTED, CropPool, _Round
 
 
 @pytest.fixture
@@ -205,6 +211,46 @@ def test_a_restart_by_one_chunk_costs_another_chunk_nothing(tmp_path, pool):
     timeouts = [r for r in rows if r.status != "ok"]
     assert len(timeouts) <= 2 and all(r.error.startswith("timeout") for r in timeouts), [r.error for r in timeouts]
     processor._io.shutdown()
+
+
+def test_slices_cancelled_or_refused_by_a_restarted_pool_are_read_again(tmp_path, pool):
+    """The two ways another chunk's restart reaches a chunk, made to happen for certain: a pool
+    shut down before a slice is submitted refuses it, and a queued slice is cancelled. Neither
+    may fail the chunk: its items are read again on the fresh pool."""
+    header, items = _crop_job(tmp_path, 12)
+    allowed = AllowedSources.parse("", header.allowed_sources)
+    uris = {i: item.source_uri for i, item in enumerate(items)}
+    dead = ProcessPoolExecutor(1)
+    dead.shutdown()
+    with pool.batch(len(items)) as batch:
+        refused = pool._submit(dead, batch, _Round(dict(uris), 5.0), allowed.roots)
+        assert all(isinstance(f.exception(), BrokenProcessPool) for f in refused)
+        cancelled = Future()
+        assert cancelled.cancel()
+        state = _Round(dict(uris), 5.0)
+        pool._collect(cancelled, list(uris), batch, state, timed_out=False)
+        assert state.todo == uris and state.outcomes == {}, "a cancelled slice's items are still to be read"
+        outcomes, _ = pool.read(batch, uris, allowed, 30.0)
+    assert sorted(outcomes) == sorted(uris)
+    assert sum(isinstance(o, BadInputError) for o in outcomes.values()) == 1  # the broken JPEG, nothing else
+
+
+def test_decoding_processes_that_cannot_start_leave_the_worker_reading_in_threads():
+    """In a fresh interpreter whose children cannot be started (no such executable), the worker's
+    start-up logs why and goes on without the pool instead of dying."""
+    script = (
+        "import logging, multiprocessing\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "multiprocessing.set_executable('/nonexistent/python')\n"
+        "from faceq.settings import Settings\n"
+        "from workers.runtime import start_crop_pool\n"
+        "print('POOL', start_crop_pool(Settings(decode_processes=2, modes=('crop',))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert "POOL None" in done.stdout
+    assert "the decoding processes did not start" in done.stderr
 
 
 def test_a_worker_rides_out_killed_and_stopped_decoding_children(tmp_path):

@@ -77,8 +77,7 @@ class SharedBatch:
         return self._shm.name
 
     def use(self, n: int) -> "SharedBatch":
-        self.crops, self.sizes, self.status = (view[:n] for view in self._all)
-        self.status[:] = PENDING
+        self.crops, self.sizes, self.status = (view[:n] for view in self._all)  # statuses: reset per round
         return self
 
     def finished(self, indices: list[int]) -> dict[int, PreparedImage]:

@@ -225,7 +225,7 @@ class ChunkProcessor:
                 if not stop.is_set():
                     prepared[i] = outcome
 
-        futures = [pool.submit(drain) for _ in range(min(self._threads_for([items[i] for i in indices]), n))]
+        futures = [pool.submit(drain) for _ in range(min(self._threads_for([items[i] for i in indices[:8]]), n))]
         _, not_done = wait(futures, timeout=self.settings.item_timeout_seconds)
         stop.set()
         if not_done:
