@@ -15,6 +15,10 @@ and two, detect mode on 1920×2400 photos) beside a plain torch DataLoader over 
 folder; ``--quick-pipeline`` for a small one, ``--skip-pipeline`` for none, and
 ``python -m bench pipeline [--quick]`` for that section alone.
 
+``python -m bench gpu [--device cuda:0] [--quick]``: the unattended smoke of a GPU host (one
+crop job and one detect job through a real worker; exits non-zero when a job fails or stalls);
+see ``bench/gpu.py``.
+
 ``python -m bench scale --items N [--items N ...]``: what a job costs as it grows (producer
 time and memory, Redis bytes, manifest bytes, end-to-end items/s with the zero-cost model
 stand-in, finalize time and memory); see ``bench/scale.py``.
@@ -106,6 +110,10 @@ def main() -> None:
         from bench import scale
 
         sys.exit(scale.main(sys.argv[2:]))
+    if sys.argv[1:2] == ["gpu"]:
+        from bench import gpu
+
+        sys.exit(gpu.main(sys.argv[2:]))
     if sys.argv[1:2] == ["pipeline"]:
         from bench import datapath
 
@@ -138,12 +146,12 @@ def main() -> None:
         os.environ["FACEQ_BROKER_URL"] = redis_server.url  # before workers.app is first used
         moto = None
         try:
-            from bench.pipeline import python_env
+            from bench.pipeline import python_env, start_moto
 
             base_env = python_env() | {"FACEQ_BROKER_URL": redis_server.url}
             s3_endpoint = None
             if not (args.skip_e2e or args.no_s3):
-                moto, s3_endpoint = _start_moto(base_env)
+                moto, s3_endpoint = start_moto(base_env)
             results = {arch: measure_arch(arch, args, workdir, s3_endpoint, base_env)
                        for arch in (args.arch or ["ir_se_64", "ir_se_tiny"])}
             from bench.one_to_n import one_to_n
@@ -170,24 +178,6 @@ def main() -> None:
 
             record.append("Data path (`python -m bench`, pipeline section)", datapath.as_table(pipeline_section),
                           document)
-
-
-def _start_moto(base_env: dict[str, str]):
-    """moto's S3 server on loopback, with throw-away credentials for it and the workers."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    from faceq.devstack import free_port
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    credentials = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
-    os.environ.update(credentials)
-    base_env.update(credentials)
-    endpoint = f"http://127.0.0.1:{port}"
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="faceq-bench")
-    return server, endpoint
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ def run_job(ledger, storage, settings, items, mode: str, job_id: str, allowed: t
     """One job; wall seconds and worker CPU from submission until its last chunk is recorded."""
     from producer.submit import JobOptions, submit
 
-    from bench.pipeline import cpu_seconds
+    from bench.pipeline import JobsFailed, cpu_seconds, wait_for_jobs
 
     before_cpu, before = cpu_seconds(worker_pid), scrape(port)
     started = time.perf_counter()
@@ -135,16 +135,16 @@ def run_job(ledger, storage, settings, items, mode: str, job_id: str, allowed: t
     while True:
         progress = ledger.progress(job_id)
         if progress.failed:
-            raise RuntimeError(f"job {job_id} failed: {dict(list(progress.failed.items())[:3])}")
+            raise JobsFailed(f"job {job_id} failed: {dict(list(progress.failed.items())[:3])}")
         if progress.n_chunks and progress.chunks_done == progress.n_chunks:
             break
         if time.perf_counter() > deadline:
-            raise TimeoutError(f"job {job_id}: {progress.items_done} of {len(items)} items after {timeout:.0f}s")
+            raise JobsFailed(f"job {job_id}: {progress.items_done} of {len(items)} items after {timeout:.0f}s")
         time.sleep(0.02)
     seconds = time.perf_counter() - started
     cpu, after = cpu_seconds(worker_pid) - before_cpu, scrape(port)
-    while not ledger.progress(job_id).complete:  # finalize: not timed, but not left to overlap the next run
-        time.sleep(0.05)
+    # finalize: not timed, but not left to overlap the next run (and a failed one fails the bench)
+    wait_for_jobs(ledger, [job_id], timeout, interval=0.02)
     n = len(items)
     stages = {k: (after.get(k, 0.0) - before.get(k, 0.0)) for k in after}
     stage_ms = {k: round(1000 * v / n, 4) for k, v in stages.items()}
@@ -205,23 +205,38 @@ def measure(base_env: dict[str, str], workdir: Path, label: str, storage_url: st
     return {"images": len(items), "mode": mode, "pinned_to_core": pin, **medians(results)}
 
 
-def dataloader(paths: list[Path], runs: int, batch: int = 256, num_workers: int = 2) -> dict:
-    """What a user would write instead: Pillow decode in a plain DataLoader (median of ``runs``)."""
+class _Folder:
+    """The DataLoader's dataset: Pillow decode of one file (module level, so spawned workers import it)."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        import torch
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as image:
+            return torch.from_numpy(np.asarray(image.convert("RGB")).copy())
+
+
+def dataloader(paths: list[Path], runs: int, batch: int = 256, num_workers: int = 2, timeout: float = 300) -> dict:
+    """What a user would write instead: Pillow decode in a plain DataLoader (median of ``runs``).
+
+    Its workers are spawned, never forked: this process holds broker connections, and a forked
+    child once blocked for good in kombu's after-fork cleanup reading a BRPOP reply on one of
+    them. ``timeout`` bounds every batch the loader waits for.
+    """
     import torch
-    from PIL import Image
-
-    class Folder(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(paths)
-
-        def __getitem__(self, i):
-            with Image.open(paths[i]) as image:
-                return torch.from_numpy(np.asarray(image.convert("RGB")).copy())
 
     rates = []
     for _ in range(runs):
         started = time.perf_counter()
-        loader = torch.utils.data.DataLoader(Folder(), batch_size=batch, num_workers=num_workers)
+        loader = torch.utils.data.DataLoader(_Folder(paths), batch_size=batch, num_workers=num_workers,
+                                             multiprocessing_context="spawn" if num_workers else None,
+                                             timeout=timeout if num_workers else 0)
         n = sum(len(b) for b in loader)
         rates.append(n / (time.perf_counter() - started))
     return {"images": len(paths), "batch": batch, "num_workers": num_workers, "ips": round(statistics.median(rates), 1),
@@ -337,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra worker setting, to compare variants (repeatable)")
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     args = parser.parse_args(argv)
-    from bench.__main__ import _start_moto
+    from bench.pipeline import start_moto
 
     with tempfile.TemporaryDirectory(prefix="faceq-pipeline-") as tmp:
         workdir = Path(tmp)
@@ -348,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             base_env = python_env() | {"FACEQ_BROKER_URL": redis_server.url}
             s3_endpoint = None
             if not args.no_s3 and "crop_s3" in args.only:
-                moto, s3_endpoint = _start_moto(base_env)
+                moto, s3_endpoint = start_moto(base_env)
             only = tuple(args.only.split(","))
             sizes = {k: v for k, v in (("crops", args.crops), ("runs", args.runs)) if v}
             extra_env = dict(pair.split("=", 1) for pair in args.env)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from faceq.devstack import WorkerProcess, process_tree, wait_until
+from faceq.devstack import WorkerProcess, free_port, process_tree
 from faceq.heartbeats import read_heartbeats
 from faceq.jobs import Item
 from faceq.ledger import Ledger
@@ -59,6 +59,40 @@ def batching_stats(ledger: Ledger, worker: WorkerProcess) -> dict:
     return {"device_batches": batches, "mean_batch": mean}
 
 
+class JobsFailed(RuntimeError):
+    """A benchmark job failed, was cancelled or stalled: the figures would mean nothing."""
+
+
+def wait_for_jobs(ledger: Ledger, job_ids: list[str], timeout: float, stall_seconds: float = 120,
+                  interval: float = 0.05) -> None:
+    """Block until every job is done; raise ``JobsFailed`` as soon as one cannot complete (a
+    chunk or its finalize gave up), is cancelled, nothing moved for ``stall_seconds``, or after
+    ``timeout``. A benchmark once waited 240 s on a job whose finalize had already failed."""
+    started = last_move = time.monotonic()
+    seen: tuple | None = None
+    while True:
+        states = [ledger.progress(job_id) for job_id in job_ids]
+        for job_id, progress in zip(job_ids, states):
+            if progress is None:
+                raise JobsFailed(f"job {job_id} is gone from the ledger")
+            if progress.cannot_complete or progress.state in ("failed", "cancelled"):
+                reasons = "; ".join(f"{k}: {v}" for k, v in sorted(progress.failed.items())[:3]) or progress.state
+                raise JobsFailed(f"job {job_id} cannot complete ({reasons})")
+        if all(p.complete for p in states):
+            return
+        now = time.monotonic()
+        moved = tuple((p.chunks_done, p.state) for p in states)
+        if moved != seen:
+            seen, last_move = moved, now
+        if now - last_move > stall_seconds:
+            done = sum(p.items_done for p in states)
+            raise JobsFailed(f"{len(job_ids)} job(s) stalled: nothing finished for {stall_seconds:.0f} s "
+                             f"({done}/{sum(p.n_items for p in states)} items)")
+        if now - started > timeout:
+            raise JobsFailed(f"{len(job_ids)} job(s) not done after {timeout:.0f} s")
+        time.sleep(interval)
+
+
 def run_jobs(ledger: Ledger, storage: Storage, settings: Settings, jobs_items: list[list[Item]], prefix: str,
              timeout: float, report: bool = True) -> tuple[float, list[str]]:
     """Submit every job at once and wait for all; returns (seconds, job ids)."""
@@ -69,11 +103,7 @@ def run_jobs(ledger: Ledger, storage: Storage, settings: Settings, jobs_items: l
         submit(settings, storage, ledger, items=items, source="bench", job_id=job_id,
                options=JobOptions("audit", mode="crop", chunk_size=settings.chunk_size, report=report))
         job_ids.append(job_id)
-
-    def all_done() -> bool:
-        return all(ledger.progress(j).complete for j in job_ids)
-
-    wait_until(all_done, timeout, f"{len(job_ids)} benchmark job(s)", interval=0.05)
+    wait_for_jobs(ledger, job_ids, timeout)
     return time.perf_counter() - started, job_ids
 
 
@@ -129,3 +159,20 @@ def python_env() -> dict[str, str]:
     return env
 
 
+
+
+def start_moto(base_env: dict[str, str]):
+    """moto's S3 server on loopback with a ``faceq-bench`` bucket, and throw-away credentials for
+    it in this process and in ``base_env`` (the workers'); → (server, endpoint URL)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    credentials = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+    os.environ.update(credentials)
+    base_env.update(credentials)
+    endpoint = f"http://127.0.0.1:{port}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="faceq-bench")
+    return server, endpoint

@@ -172,10 +172,14 @@ class Ledger:
         return int(pipe.execute()[0])
 
     def record_failure(self, job_id: str, run_id: str, index: int | str, message: str) -> None:
+        """Why a chunk (or ``finalize``) gave up. A finalize that gave up fails the job: its state
+        becomes ``failed`` (a resume starts it again), so waiters and metrics see it at once."""
         if self.is_current(job_id, run_id):
             pipe = self.redis.pipeline()
             pipe.hset(self._key(job_id, ":failed"), index, message)
             pipe.expire(self._key(job_id, ":failed"), self.retention_seconds)
+            if index == "finalize":
+                pipe.hset(self._key(job_id), mapping={"state": "failed", "finished_at": time.time()})
             pipe.execute()
 
     def run_id(self, job_id: str) -> str | None:

@@ -18,10 +18,20 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 EMBEDDING_DIM = 512
 STATUSES = ("ok", "no_face", "error")
+
+# Vectors (embedding, bbox, landmarks) are plain ``list<float32>``, never fixed-size lists. In a
+# Parquet file both are the same 3-level LIST; they differ only in the Arrow schema stored beside
+# it, and Arrow C++ before pyarrow 26 cannot rebuild a *null* fixed-size list from Parquet
+# (apache/arrow#35692: "Expected all lists to be of size=10 but index 1 had size=0"; pyarrow 15
+# cannot even write one). Plain lists open in every reader; ``vectors()`` turns a column into an
+# (N, 512) array. Parts written by faceq 0.2 still hold fixed-size lists: ``read_parquet`` reads
+# them on every pyarrow (see ``_read_legacy``).
+VECTOR_TYPE = pa.list_(pa.float32())
 
 CHUNK_STATS_KEY = b"faceq.chunk_stats"
 
@@ -32,14 +42,14 @@ BASE_SCHEMA = pa.schema(
         ("source_uri", pa.string()),
         ("status", pa.string()),
         ("error", pa.string()),
-        ("embedding", pa.list_(pa.float32(), EMBEDDING_DIM)),
+        ("embedding", pa.list_(pa.float32())),  # 512 values or null: see VECTOR_TYPE
         ("quality", pa.float32()),
         ("needs_review", pa.bool_()),
         ("review_reasons", pa.list_(pa.string())),
         ("face_count", pa.int32()),
         ("face_index", pa.int32()),
-        ("bbox", pa.list_(pa.float32(), 4)),
-        ("landmarks", pa.list_(pa.float32(), 10)),
+        ("bbox", pa.list_(pa.float32())),  # 4 values or null
+        ("landmarks", pa.list_(pa.float32())),  # 10 values or null
         ("model_id", pa.string()),
         ("processed_at", pa.timestamp("ms", tz="UTC")),
     ]
@@ -96,11 +106,11 @@ VERIFICATION_SCHEMA = pa.schema(
 COMPARE_SCHEMA = pa.schema(
     [
         ("source_uri_b", pa.string()),
-        ("embedding_b", pa.list_(pa.float32(), EMBEDDING_DIM)),
+        ("embedding_b", pa.list_(pa.float32())),
         ("quality_b", pa.float32()),
         ("face_count_b", pa.int32()),
-        ("bbox_b", pa.list_(pa.float32(), 4)),
-        ("landmarks_b", pa.list_(pa.float32(), 10)),
+        ("bbox_b", pa.list_(pa.float32())),
+        ("landmarks_b", pa.list_(pa.float32())),
     ]
 )
 SECOND_IMAGE_FIELD = "image_b"  # compare: the manifest column that becomes source_uri_b
@@ -201,8 +211,66 @@ def to_parquet(table: pa.Table) -> bytes:
 
 
 def read_parquet(data: bytes | pa.Buffer, columns: list[str] | None = None) -> pa.Table:
+    """A Parquet object as a table whose vectors are ``list<float32>``, whichever faceq wrote it."""
     with open_parquet(data) as parquet:
-        return parquet.read(columns=columns, use_threads=False)
+        stored = parquet.schema_arrow
+        legacy = any(pa.types.is_fixed_size_list(f.type) for f in stored)
+        try:
+            table = parquet.read(columns=columns, use_threads=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            if not legacy:
+                raise
+            table = None
+    if table is None:
+        table = _read_legacy(data, columns, stored)
+    return _plain_lists(table) if legacy else table
+
+
+_ARROW_SCHEMA_KEY = b"ARROW:schema"
+
+
+def _read_legacy(data: bytes | pa.Buffer, columns: list[str] | None, stored: pa.Schema) -> pa.Table:
+    """A faceq 0.2 part with null fixed-size lists, on a pyarrow that cannot rebuild them (< 26).
+
+    The file's Parquet schema is the plain LIST every reader understands; only the Arrow schema
+    kept in its footer asks for fixed-size lists. The footer is read with that one key renamed
+    (to a name of the same length, so its Thrift encoding stays valid), and the table is cast to
+    the stored Arrow schema with plain lists in place of fixed-size ones.
+    """
+    raw = data.to_pybytes() if isinstance(data, pa.Buffer) else bytes(data)
+    footer_length = int.from_bytes(raw[-8:-4], "little")
+    at = raw.rfind(_ARROW_SCHEMA_KEY, len(raw) - 8 - footer_length)
+    if at < 0:
+        raise pa.ArrowInvalid("a Parquet part with fixed-size lists but no Arrow schema to set aside")
+    blinded = raw[:at] + b"faceq:legacy" + raw[at + len(_ARROW_SCHEMA_KEY):]
+    with open_parquet(blinded) as parquet:
+        table = parquet.read(columns=columns, use_threads=False)
+    target = _plain_lists(stored.empty_table()).schema
+    wanted = pa.schema([target.field(name) for name in table.column_names], stored.metadata)
+    return table.cast(wanted)
+
+
+def _plain_lists(table: pa.Table) -> pa.Table:
+    """Fixed-size list columns (faceq 0.2 parts, galleries) as ``list<float32>``."""
+    fields = [pa.field(f.name, pa.list_(f.type.value_type), f.nullable, f.metadata)
+              if pa.types.is_fixed_size_list(f.type) else f for f in table.schema]
+    return table.cast(pa.schema(fields, table.schema.metadata))
+
+
+def vectors(column: pa.ChunkedArray | pa.Array, width: int = EMBEDDING_DIM) -> np.ndarray:
+    """A vector column (embedding, bbox, landmarks) as an (N, width) float32 array, NaN where null.
+
+    One copy of the values: no Python objects per row (``to_pylist`` of 10,000 embeddings costs
+    about a second; this a few milliseconds).
+    """
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    out = np.full((len(array), width), np.nan, dtype=np.float32)
+    valid = ~np.asarray(array.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    values = pc.list_flatten(array).to_numpy(zero_copy_only=False)
+    if values.size != int(valid.sum()) * width:
+        raise ValueError(f"vector column holds lists of another length than {width}")
+    out[valid] = values.reshape(-1, width)
+    return out
 
 
 def open_parquet(data: bytes | pa.Buffer) -> pq.ParquetFile:

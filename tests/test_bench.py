@@ -53,3 +53,35 @@ def test_the_pipeline_section_measures_every_run_beside_a_dataloader():
     assert section["detect" if YUNET.is_file() else "crop_file"]["stage_cpu_ms_per_item"][
         "detect" if YUNET.is_file() else "crop"] > 0
     assert "crop_file_over_dataloader" in section["targets"] and "crop_s3_worker_cpu_ms_per_item" in section["targets"]
+
+
+@pytest.mark.skipif(not YUNET.is_file(), reason=f"YuNet weights not found at {YUNET}")
+def test_the_gpu_smoke_runs_a_crop_and_a_detect_job_on_the_cpu():
+    """``python -m bench gpu --device cpu --quick``: the GPU host's unattended smoke, on the CPU path."""
+    done = subprocess.run([sys.executable, "-m", "bench", "gpu", "--device", "cpu", "--quick"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    document = json.loads(done.stdout)
+    assert document["ok"] and "error" not in document
+    assert document["bare_model"]["fp32"]["bare_model_ips"] > 0
+    for mode, n in (("crop", 256), ("detect", 6)):
+        job = document["jobs"][mode]
+        assert job["images"] == n and job["rows"] == n and job["ips"] > 0, mode  # one row per item, checked inside
+        assert job["first_chunks_seconds"] and job["steady_chunk_seconds_median"] > 0, mode
+    assert document["jobs"]["crop"]["chunks"] == 8 and document["jobs"]["crop"]["status"] == {"ok": 256}
+    assert document["warm_memory_bytes"] is None  # the CPU has no warm GPU memory
+
+
+@pytest.mark.skipif(not YUNET.is_file(), reason=f"YuNet weights not found at {YUNET}")
+def test_the_gpu_smoke_exits_non_zero_at_once_when_a_job_fails(tmp_path):
+    """A worker that reads another storage than the producer wrote: every chunk fails for good.
+    The smoke says so within seconds (it once waited 240 s on a job that had already failed)."""
+    elsewhere = (tmp_path / "another-store").as_uri()
+    done = subprocess.run([sys.executable, "-m", "bench", "gpu", "--device", "cpu", "--quick", "--crops", "64",
+                           "--env", f"FACEQ_STORAGE_URL={elsewhere}", "--stall-seconds", "60", "--timeout", "120"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    document = json.loads(done.stdout)
+    assert not document["ok"] and "cannot complete" in document["error"] and "no such object" in document["error"]
+    assert "gpu-smoke-crop" in document["error"] and "jobs" in document and "crop" not in document["jobs"]
+    assert done.stderr.strip().splitlines()[-1].startswith("bench gpu: FAILED: ")

@@ -78,7 +78,7 @@ def samples(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 def _check_audit(stack: Stack, job_id: str, expected: dict[str, str]) -> pa.Table:
     rows = stack.rows(job_id)
-    assert rows.schema.field("embedding").type == pa.list_(pa.float32(), 512)
+    assert rows.schema.field("embedding").type == pa.list_(pa.float32())  # 512 values where not null
     by_id = {row["item_id"]: row for row in rows.to_pylist()}
     assert rows.num_rows == len(by_id) == len(expected)  # exactly one row per item
     assert set(by_id) == set(expected)
@@ -231,6 +231,30 @@ def test_a_chunk_whose_plan_cannot_be_read_fails_once_with_the_reason(file_stack
     enqueue(header, [0], file_stack.env["FACEQ_BROKER_URL"])
     done = file_stack.producer("wait", "e2e-unreadable-plan", "--no-progress", "--timeout", "60")
     assert done.returncode == 1 and "cannot complete: 1 failure(s) (chunk 0: StorageError: no such object" in done.stderr
+
+
+def test_a_finalize_that_fails_for_good_fails_the_job_within_seconds(file_stack, samples):
+    """The first GPU host's failure: every chunk ran, then finalize could not read a part back.
+    ``faceq wait`` must say so with the reason at once, not wait for its timeout."""
+    import time
+
+    root, _ = samples
+    done = file_stack.producer("audit", str(root / "broken"), "--job-id", "e2e-finalize-fails", "--mode", "crop",
+                               "--wait", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    summary = file_stack.summary("e2e-finalize-fails")
+    (part,) = file_stack.storage.list_keys(summary["outputs"]["results"])
+    file_stack.storage.put_bytes(part, b"PAR1 not a Parquet file PAR1")  # the part finalize reads back
+    file_stack.storage.delete_prefix(jobs.summary_key("e2e-finalize-fails"))
+    resumed = file_stack.producer("resume", "e2e-finalize-fails")
+    assert resumed.returncode == 0, resumed.stderr
+    started = time.monotonic()
+    waited = file_stack.producer("wait", "e2e-finalize-fails", "--no-progress", "--timeout", "120")
+    assert waited.returncode == 1 and time.monotonic() - started < 30
+    assert "job e2e-finalize-fails cannot complete: 1 failure(s) (finalize: " in waited.stderr, waited.stderr
+    assert "Traceback" not in waited.stderr
+    status = file_stack.producer("status", "e2e-finalize-fails")
+    assert '"state": "failed"' in status.stdout or "failed" in status.stdout, status.stdout
 
 
 @needs_yunet

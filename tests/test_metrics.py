@@ -164,6 +164,8 @@ def test_scrapes_read_queue_depth_and_the_newest_running_jobs_only(tmp_path):
         ledger.record_chunk("half", "r", 0, {"n_items": 25, "n_errors": 2, "n_flagged": 3})
         ledger.start("finished", "r", "audit", 1, 10, created_at=now)
         ledger.mark_done("finished", "r")
+        ledger.start("finalize-gave-up", "r", "audit", 1, 10, created_at=now)
+        ledger.record_failure("finalize-gave-up", "r", "finalize", "ArrowInvalid: …")
         client.rpush("q", "m1", "m2", "m3")
         client.rpush("q\x06\x166", "m4")  # a priority list of the same queue
         client.rpush("other-queue", "x")
@@ -173,6 +175,7 @@ def test_scrapes_read_queue_depth_and_the_newest_running_jobs_only(tmp_path):
         assert s("faceq_queue_depth", {"queue": "q"}) == 4
         assert s("faceq_queue_unacked") == 0
         assert s("faceq_jobs_running") == JOB_LABEL_LIMIT + 6
+        assert s("faceq_jobs_failed") == 1
         families = {f.name: f for f in metrics.registry.collect()}
         labelled = {sample.labels["job_id"] for sample in families["faceq_job_items_total"].samples}
         assert len(labelled) == JOB_LABEL_LIMIT  # bounded, newest first

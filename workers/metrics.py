@@ -24,6 +24,7 @@ and, read on every scrape (``collect``), never cached:
   ``faceq_queue_depth{queue}``               messages waiting in the Celery queue (LLEN, every priority)
   ``faceq_queue_unacked``                    messages delivered to some worker and not yet acknowledged
   ``faceq_jobs_running``                     running jobs among the newest ``JOB_SCAN`` in the ledger
+  ``faceq_jobs_failed``                      … and those whose finalize gave up (state ``failed``)
   ``faceq_job_items_total{job_id}``, ``faceq_job_items_done``, ``faceq_job_flagged``,
   ``faceq_job_errors``, ``faceq_job_eta_seconds``
                                              the ``JOB_LABEL_LIMIT`` newest running jobs only (bounded
@@ -312,10 +313,13 @@ class BrokerCollector:
         pipe = self.client.pipeline(transaction=False)
         for job_id in ids:
             pipe.hmget(Ledger._key(job_id), *fields)
-        running = [(job_id, dict(zip(fields, values))) for job_id, values in zip(ids, pipe.execute())
-                   if values[0] == "running"]
+        states = list(zip(ids, pipe.execute()))
+        running = [(job_id, dict(zip(fields, values))) for job_id, values in states if values[0] == "running"]
         count = GaugeMetricFamily("faceq_jobs_running", "Running jobs (among the newest in the ledger)")
         count.add_metric([], float(len(running)))
+        failed = GaugeMetricFamily("faceq_jobs_failed", "Jobs whose finalize gave up (among the newest in the "
+                                   "ledger): `faceq status` says why, `faceq resume` runs them again")
+        failed.add_metric([], float(sum(values[0] == "failed" for _, values in states)))
         total = GaugeMetricFamily("faceq_job_items_total", "Items of a running job", labels=["job_id"])
         done = GaugeMetricFamily("faceq_job_items_done", "Items of a running job with rows", labels=["job_id"])
         flagged = GaugeMetricFamily("faceq_job_flagged", "Rows of a running job flagged for review",
@@ -334,4 +338,4 @@ class BrokerCollector:
                 remaining = elapsed / n_done * max(n_items - n_done, 0)
                 if math.isfinite(remaining):
                     eta.add_metric([job_id], remaining)
-        return [count, total, done, flagged, errors, eta]
+        return [count, failed, total, done, flagged, errors, eta]
