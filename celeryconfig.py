@@ -30,6 +30,9 @@ broker_connection_max_retries = None  # a worker rides out any broker outage and
 # A chunk running when the broker blips keeps running (its ledger writes retry); its message
 # comes back after the visibility timeout and is skipped as already recorded.
 worker_cancel_long_running_tasks_on_connection_loss = False
+# Reconnects even when closing the dead connection raises something else than a connection error
+# (kombu's Redis transport after a Redis restart: see workers/consumer.py).
+worker_consumer = "workers.consumer:ReconnectingConsumer"
 
 # json only: pickle would let anyone who can write to the broker run code on the workers.
 task_serializer = "json"

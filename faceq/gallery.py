@@ -34,7 +34,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from faceq.errors import JobError
+from faceq.errors import BadInputError, JobError
+from faceq.ids import look_alike_pair, normalise_employee_id, shown
 from faceq.jobs import validate_name
 from faceq.results import open_parquet, read_parquet
 from faceq.storage import Storage
@@ -194,6 +195,22 @@ def duplicates_involving(employees: list[str], templates: np.ndarray, touched: s
                 pairs[(a, b)] = float(similarity[r, j])
     ranked = sorted(((s, a, b) for (a, b), s in pairs.items()), reverse=True)[:limit]
     return [{"employee_a": employees[a], "employee_b": employees[b], "similarity": round(s, 4)} for s, a, b in ranked]
+
+
+def check_employee_ids(gallery: str, employee_ids: list[str], new: set[str]) -> None:
+    """Refuse (JobError, both ids named) a ``new`` id that is not in NFC, holds an invisible or
+    direction character, or looks like another id of the gallery (``faceq.ids``). The producer
+    refuses these at planning; this is the check a plan written by anyone else still meets."""
+    for employee_id in sorted(new):
+        try:
+            if normalise_employee_id(employee_id) != employee_id:
+                raise BadInputError("bad_id", f"{ascii(employee_id)} is not in Unicode NFC form")
+        except BadInputError as exc:
+            raise JobError(f"gallery {gallery}: employee_id {exc.message}") from None
+    pair = look_alike_pair(employee_ids, new)
+    if pair is not None:
+        raise JobError(f"gallery {gallery}: employee ids {shown(pair[0])} and {shown(pair[1])} look alike: a "
+                       f"reviewer cannot tell them apart; enrol one of them under a distinct id")
 
 
 def _parquet(table: pa.Table) -> bytes:
@@ -356,7 +373,9 @@ class GalleryStore:
         validate_gallery_name(name)
         model_id = report.get("model_id")
         report = {"kind": "full", **report}
+        new_ids = enrolment.table.column("employee_id").to_pylist()
         if not update or not self.exists(name):
+            check_employee_ids(name, new_ids, set(new_ids))
             return self._write_version(name, enrolment.table, enrolment.members, report)
         base_version = self.current_version(name)
         base_info = self.info(name, base_version)
@@ -370,7 +389,7 @@ class GalleryStore:
             raise JobError(f"gallery {name}@v{base_version} was enrolled in {base_info['mode']} mode; this delta "
                            f"enrolment used {report['mode']} mode: {MODE_MISMATCH_HELP}")
         before = set(base.column("employee_id").to_pylist())
-        new_ids = enrolment.table.column("employee_id").to_pylist()
+        check_employee_ids(name, [*before, *new_ids], set(new_ids))
         touched = pa.array(new_ids, pa.string())
         table = pa.concat_tables([base.filter(pc.invert(pc.is_in(base.column("employee_id"), touched))),
                                   enrolment.table.cast(base.schema)])

@@ -29,10 +29,11 @@ DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
 JOBS_INDEX_KEY = "faceq:jobs"
 _SUFFIXES = ("", ":chunks", ":failed", ":deliveries", ":finalize")
 
-# KEYS: meta, chunks, failed  ARGV: run_id, index, stats json, n_items, n_rows, n_errors, n_flagged, ttl
+# KEYS: meta, chunks, failed  ARGV: run_id, index, stats json, n_items, n_rows, n_errors, n_flagged, ttl, now
 _RECORD_CHUNK = """
 if redis.call('HGET', KEYS[1], 'run_id') ~= ARGV[1] then return -1 end
 if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 1 then
+  redis.call('HSET', KEYS[1], 'updated_at', ARGV[9])
   redis.call('HINCRBY', KEYS[1], 'items_done', ARGV[4])
   redis.call('HINCRBY', KEYS[1], 'rows', ARGV[5])
   redis.call('HINCRBY', KEYS[1], 'errors', ARGV[6])
@@ -74,6 +75,12 @@ class JobProgress:
     failed: dict[str, str]  # chunk index (or "finalize") → reason
     created_at: float
     finished_at: float | None
+    updated_at: float | None = None  # when a chunk was last recorded (None: none yet)
+
+    @property
+    def last_activity(self) -> float:
+        """When the job last moved: its last recorded chunk, else its creation."""
+        return self.updated_at or self.created_at
 
     @property
     def complete(self) -> bool:
@@ -157,8 +164,12 @@ class Ledger:
     def record_chunk(self, job_id: str, run_id: str, index: int, stats: dict) -> ChunkRecord:
         keys = [self._key(job_id), self._key(job_id, ":chunks"), self._key(job_id, ":failed")]
         args = [run_id, index, json.dumps(stats), stats["n_items"], stats.get("n_rows", 0), stats.get("n_errors", 0),
-                stats.get("n_flagged", 0), self.retention_seconds]
+                stats.get("n_flagged", 0), self.retention_seconds, time.time()]
         return ChunkRecord(int(self._record_chunk(keys=keys, args=args)))
+
+    def recorded_chunks(self, job_id: str) -> set[int]:
+        """Indices of the chunks the ledger has recorded for the job's current run."""
+        return {int(index) for index in self.redis.hkeys(self._key(job_id, ":chunks"))}
 
     def chunk_done(self, job_id: str, index: int) -> bool:
         return bool(self.redis.hexists(self._key(job_id, ":chunks"), index))
@@ -239,4 +250,5 @@ class Ledger:
             failed=dict(failed),
             created_at=float(meta["created_at"]),
             finished_at=float(meta["finished_at"]) if meta.get("finished_at") else None,
+            updated_at=float(meta["updated_at"]) if meta.get("updated_at") else None,
         )

@@ -9,6 +9,11 @@ capture time and device, the claimed employee's enrolment photos, the closest en
 candidates with their photos and scores, the reason in plain words with the recommended
 action, and prior verdicts on the same employee. Items explained by a camera alert are
 counted under the alert, not listed one by one. The page has no scripts.
+
+Every page written here carries a Content-Security-Policy (``PAGE_CSP``) in a ``<meta>``: the
+escaping is the first wall, the policy the second. Opened from disk or a share, a page whose
+escaping ever slipped still runs no script, loads nothing from anywhere (photos are embedded
+as data: URIs) and posts no form.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ REFERENCE_PHOTOS = 2  # enrolment photos per employee
 EMPLOYEE_ROWS = 50  # employees listed in "By employee"
 MAX_PHOTO_BYTES = 32 << 20
 PHOTO_THREADS = 8
+
+PAGE_CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; "
+            "form-action 'none'")
 
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1180px;color:#1d232a;padding:0 16px}
@@ -52,6 +60,12 @@ border-left:4px solid #389e0d;padding:4px 8px} .nophoto{display:inline-block;wid
 background:#f3f6f9;color:#66707a;font-size:12px;border-radius:4px} .badge{display:inline-block;background:#f3f6f9;
 border-radius:10px;padding:0 8px;font-size:12px} .item .wide{grid-column:1/-1}
 """
+
+
+def page_head(title: str) -> str:
+    """``<!doctype html>`` up to ``<body>``: charset, the CSP (before anything it governs), title, style."""
+    return (f"<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='Content-Security-Policy' "
+            f"content=\"{PAGE_CSP}\"><title>{_e(title)}</title><style>{_CSS}</style></head><body>")
 
 
 def _e(value) -> str:
@@ -475,8 +489,7 @@ def render_report(summary: dict, flagged, storage: Storage, decides: str | None,
     size; review.csv lists every flagged row."""
     counts = summary["counts"]
     thresholds = summary["thresholds"]
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>faceq {_e(summary['job_id'])}</title>"
-             f"<style>{_CSS}</style></head><body>",
+    parts = [page_head(f"faceq {summary['job_id']}"),
              f"<h1>faceq {_e(summary['kind'])} job <code>{_e(summary['job_id'])}</code></h1>",
              f"<p class='muted'>{summary['n_items']} items → {summary['n_rows']} rows · mode {_e(summary['mode'])} · "
              f"source {_e(summary['source'])}" + (f" · gallery {_e(summary['gallery'])}" if summary.get('gallery')
@@ -522,6 +535,5 @@ def enrolment_photos_page(storage: Storage, gallery: str, employee_id: str, memb
         figures.append(f"<figure>{_img(b64, 'checkin-photo', m['item_id'])}<figcaption>{_e(quality)}"
                        f"{'used in the template' if m['used'] else 'not used (below the enrolment threshold)'}"
                        f"<br>{_e(m.get('source_uri'))}</figcaption></figure>")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(employee_id)} in {_e(gallery)}</title>"
-            f"<style>{_CSS}</style></head><body><h1>{_e(employee_id)} — enrolment photos in gallery "
+    return (page_head(f"{employee_id} in {gallery}") + f"<h1>{_e(employee_id)} — enrolment photos in gallery "
             f"{_e(gallery)}</h1><div class='photos'>{''.join(figures)}</div></body></html>")

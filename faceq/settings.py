@@ -108,6 +108,7 @@ class Settings:
     item_timeout_seconds: float = 120.0  # fetch + decode + detect of one chunk's items
     storage_retry_seconds: float = 600.0  # storage outages shorter than this are ridden out
     redis_retry_seconds: float = 300.0  # broker outages shorter than this are ridden out by workers
+    stall_seconds: float = 30.0  # a running job with no chunk recorded this long is checked against storage
     max_deliveries: int = 5  # a chunk started this often without finishing is recorded as failed
     ledger_retention_seconds: int = 7 * 24 * 3600  # job keys in Redis expire this long after the last write
     allowed_sources: tuple[str, ...] = ()  # input roots besides a job's own source and the storage root
@@ -156,6 +157,7 @@ class Settings:
             item_timeout_seconds=_float("FACEQ_ITEM_TIMEOUT_SECONDS", d.item_timeout_seconds),
             storage_retry_seconds=_float("FACEQ_STORAGE_RETRY_SECONDS", d.storage_retry_seconds),
             redis_retry_seconds=_float("FACEQ_REDIS_RETRY_SECONDS", d.redis_retry_seconds),
+            stall_seconds=_float("FACEQ_STALL_SECONDS", d.stall_seconds),
             max_deliveries=_int("FACEQ_MAX_DELIVERIES", d.max_deliveries),
             ledger_retention_seconds=_int("FACEQ_LEDGER_RETENTION_SECONDS", d.ledger_retention_seconds, minimum=60),
             allowed_sources=tuple(s.strip() for s in (_env("FACEQ_ALLOWED_SOURCES") or "").split(",") if s.strip()),
@@ -206,6 +208,7 @@ ENV_VARS = (
     "FACEQ_ITEM_TIMEOUT_SECONDS",
     "FACEQ_STORAGE_RETRY_SECONDS",
     "FACEQ_REDIS_RETRY_SECONDS",
+    "FACEQ_STALL_SECONDS",
     "FACEQ_MAX_DELIVERIES",
     "FACEQ_LEDGER_RETENTION_SECONDS",
     "FACEQ_ALLOWED_SOURCES",

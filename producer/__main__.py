@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import unicodedata
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -109,6 +110,11 @@ def build_parser(prog: str = "faceq") -> argparse.ArgumentParser:
     return parser
 
 
+def _nfc(value: str) -> str:
+    """An employee id as the gallery stores it (Unicode NFC, faceq.ids)."""
+    return unicodedata.normalize("NFC", value)
+
+
 def _add_review_commands(commands) -> None:
     """verdict, verdicts and gallery show / photos / remove (the review loop and gallery upkeep)."""
     from faceq.verdicts import VERDICTS
@@ -134,12 +140,12 @@ def _add_review_commands(commands) -> None:
     show.add_argument("--version", type=int, help="default: the current version")
     photos = actions.add_parser("photos", help="an employee's enrolment photos (URIs; --out: a page with them)")
     photos.add_argument("name")
-    photos.add_argument("employee_id")
+    photos.add_argument("employee_id", type=_nfc)
     photos.add_argument("--version", type=int, help="default: the current version")
     photos.add_argument("--out", type=Path, help="write an HTML page with the photos")
     remove = actions.add_parser("remove", help="a new gallery version without these employees")
     remove.add_argument("name")
-    remove.add_argument("employee_ids", nargs="+", metavar="EMPLOYEE")
+    remove.add_argument("employee_ids", nargs="+", metavar="EMPLOYEE", type=_nfc)
 
 
 def expand_dates(value: str | None, now: datetime | None = None) -> str | None:

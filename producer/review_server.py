@@ -9,9 +9,18 @@ re-encoded as JPEG with the face box drawn).
 
 Only the person who started it can use it: it listens on 127.0.0.1 only, every path starts
 with a random token printed once on the terminal (anything else is 404), the Host header
-must name the loopback address (no DNS rebinding), forms post back to the same origin, and
-the page runs no scripts (its Content-Security-Policy forbids them). Photos are served only
-for items of this job.
+must name the loopback address (no DNS rebinding), a verdict is recorded only from a form of
+this origin (an exact ``Origin`` header; ``null`` and none are refused), and the page runs no
+scripts (its Content-Security-Policy forbids them).
+
+The reviewer's own credentials read the photos, so ``/photo`` reads only what a worker would:
+a row this server listed, whose photo the worker read (no error row), and whose URI passes
+the job's allow-list (``AllowedSources``: the reviewer's ``FACEQ_ALLOWED_SOURCES``, the
+storage root and the roots in the job's header, as in ``workers.service``). Anything else is
+404 with nothing read: a plan written by someone else cannot make this process fetch
+``s3://other-bucket/…`` or a local file. Requests are parsed defensively (a Content-Length
+that is missing, malformed or over 16 KiB is refused before any body is read) and served by
+``faceq.httpserve.BoundedHTTPServer`` (bounded threads, timeouts).
 """
 
 from __future__ import annotations
@@ -23,15 +32,17 @@ import re
 import secrets
 import tempfile
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
 from faceq import jobs
-from faceq.errors import FaceqError
+from faceq.allow import AllowedSources
+from faceq.errors import BadInputError, FaceqError
+from faceq.httpserve import BoundedHTTPServer
 from faceq.guidance import guidance_for
 from faceq.jobs import JobHeader
-from faceq.report import _CSS, photo, render_review_queue
+from faceq.report import _CSS, checkin_key, photo, render_review_queue
 from faceq.summary import SECTION_ROWS, ReviewQueue, flagged_page, write_review
 from faceq.verdicts import VERDICTS
 
@@ -43,9 +54,13 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: under no-referrer a browser sends `Origin: null` on the page's
+    # own form posts, and null is exactly what a sandboxed frame or a file:// page sends too.
+    # The token in the URL still never leaves for another origin (the page links nowhere else).
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+_LENGTH = re.compile(r"^[0-9]{1,10}$")
 _BACK = re.compile(r"^(section/[A-Za-z0-9_]+\?page=\d+)?$")
 _ANCHOR = re.compile(r"^item-\d+$")
 
@@ -61,6 +76,9 @@ class ReviewServer:
         self.summary = self.job.summary
         self.header = JobHeader.from_json(self.storage.get_bytes(jobs.header_key(job_id, self.summary["run_id"])))
         self.alerted = {a["source"] for a in self.summary["alerts"]}
+        # what a worker of this job may read (workers.service.ChunkProcessor.allowed_sources)
+        self.allowed = AllowedSources.parse("", (*client.settings.allowed_sources, self.storage.url,
+                                                 *self.header.allowed_sources))
         self.reviewer = reviewer or default_reviewer()
         self.page_size = page_size
         with tempfile.TemporaryDirectory(prefix="faceq-review-") as tmp:  # counts and first rows: one pass
@@ -69,8 +87,8 @@ class ReviewServer:
         self.token = secrets.token_urlsafe(18)
         self._photos: dict[tuple[str, int], dict] = {}  # (item_id, face_index) → row: what /photo may read
         self._lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
-        self.httpd.daemon_threads = True
+        self.httpd = BoundedHTTPServer(("127.0.0.1", port), _handler(self), threads=4, max_connections=64,
+                                       head_timeout=30.0, io_timeout=30.0, name="faceq-review-http")
 
     @property
     def port(self) -> int:
@@ -165,11 +183,18 @@ class ReviewServer:
         return self._page(f"review {self.summary['job_id']}: {section} page {page}", body)
 
     def full_photo(self, item_id: str, face: int) -> bytes:
+        """The photo of a listed row, re-encoded; LookupError (404), with nothing read, for a row
+        not listed, one whose photo the worker did not read, or a URI outside the allow-list."""
         with self._lock:
             row = self._photos.get((item_id, face))
-        if row is None or not row.get("source_uri"):
+        if row is None or checkin_key(row) is None:  # not listed, or an error row: not read by the worker
             raise LookupError(item_id)
-        encoded = photo(self.storage, row["source_uri"], FULL_PX, row.get("bbox"), row.get("landmarks"), scale=1.0)
+        try:
+            uri = self.allowed.check(row["source_uri"])
+        except BadInputError:
+            log.warning("review page: photo of item %r refused: %s", item_id, "outside the job's allowed sources")
+            raise LookupError(item_id) from None
+        encoded = photo(self.storage, uri, FULL_PX, row.get("bbox"), row.get("landmarks"), scale=1.0)
         if encoded is None:
             raise LookupError(item_id)
         return base64.b64decode(encoded)
@@ -220,6 +245,21 @@ def _handler(server: ReviewServer):
             return parts.path[len(prefix):], parse_qs(parts.query)
 
         def do_GET(self):  # noqa: N802
+            self._guarded(self._get)
+
+        def do_POST(self):  # noqa: N802
+            self._guarded(self._post)
+
+        def _guarded(self, answer) -> None:
+            try:
+                answer()
+            except OSError:  # the client went away or timed out
+                raise
+            except Exception as exc:  # a bug answers 500: never a dropped connection, never the token
+                log.error("review page: %s failed: %s", self.command, type(exc).__name__)
+                self._text(500, "internal error")
+
+        def _get(self) -> None:
             route = self._route()
             if route is None:
                 return
@@ -240,21 +280,50 @@ def _handler(server: ReviewServer):
             except FaceqError as exc:
                 self._text(400, str(exc))
 
-        def do_POST(self):  # noqa: N802
+        def _length(self) -> int | None:
+            """The body's length, or None once refused: 411 without one, 400 when it is not one plain
+            decimal (negative, text, repeated, or chunked), 413 over MAX_FORM_BYTES. Nothing is read."""
+            values = self.headers.get_all("Content-Length") or []
+            if self.headers.get("Transfer-Encoding"):
+                self._text(411 if not values else 400, "send the form with a Content-Length, not chunked")
+                return None
+            if not values:
+                self._text(411, "a Content-Length is required")
+                return None
+            if len(values) > 1 or not _LENGTH.match(values[0].strip()):
+                self._text(400, "malformed Content-Length")
+                return None
+            length = int(values[0])
+            if length > MAX_FORM_BYTES:
+                self._text(413, f"a verdict form is at most {MAX_FORM_BYTES} bytes")
+                return None
+            return length
+
+        def _post(self) -> None:
             route = self._route()
             if route is None:
                 return
             path, _ = route
-            length = int(self.headers.get("Content-Length") or 0)
-            if path != "verdict" or length > MAX_FORM_BYTES or \
-                    not (self.headers.get("Content-Type") or "").startswith("application/x-www-form-urlencoded"):
-                self._text(400, "not a verdict form")
+            if path != "verdict":
+                self._text(404, "not found")
                 return
-            origin = self.headers.get("Origin")
-            if origin not in (None, "null", f"http://127.0.0.1:{server.port}", f"http://localhost:{server.port}"):
+            # Exactly this origin. Browsers send Origin on every form POST (Referrer-Policy is
+            # same-origin, so not `null`); a missing one is refused too: only a non-browser client
+            # omits it, and the page's own forms never do.
+            if self.headers.get("Origin") != f"http://{self.headers.get('Host')}":
                 self._text(403, "cross-origin form refused")
                 return
-            form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode("utf-8", "replace")).items()}
+            if not (self.headers.get("Content-Type") or "").startswith("application/x-www-form-urlencoded"):
+                self._text(400, "not a verdict form")
+                return
+            length = self._length()
+            if length is None:
+                return
+            body = self.rfile.read(length)
+            if len(body) != length:
+                self._text(400, "the form ended early")
+                return
+            form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
             try:
                 location = server.record(form)
             except ValueError:

@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import stat
+import unicodedata
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Callable, Iterable, Iterator
 
 from faceq.allow import AllowedSources, is_under, is_uri, local_path, normalise_uri, split_s3_prefix
 from faceq.errors import BadInputError, JobError, StorageError
+from faceq.ids import LookAlikes, normalise_employee_id, shown
 from faceq.jobs import Item
 from faceq.localfiles import open_regular_file, read_regular_file
 from faceq.redact import redact_text, redact_url
@@ -226,7 +228,7 @@ def iter_enrolment_manifest(path: Path | str, allowed: AllowedSources | None,
                             s3_endpoint_url: str | None = None) -> Iterator[LocalItem | Item]:
     """Rows ``employee_id, image``; an employee may have several images."""
     return iter_manifest(path, ENROLMENT_COLUMNS, lambda row: f"{row['employee_id']}/{row['image']}", allowed,
-                         s3_endpoint_url=s3_endpoint_url)
+                         s3_endpoint_url=s3_endpoint_url, distinct_employees=True)
 
 
 def iter_compare_manifest(path: Path | str, allowed: AllowedSources | None,
@@ -248,6 +250,7 @@ def iter_manifest(
     images: tuple[str, ...] = ("image",),
     id_column: str | None = None,
     s3_endpoint_url: str | None = None,
+    distinct_employees: bool = False,
 ) -> Iterator[LocalItem | Item]:
     """A CSV manifest, row by row: ``image`` is a path (relative to the manifest) or a
     ``file://`` / ``s3://`` URI; every other column (extra ones too) reaches the output.
@@ -259,17 +262,20 @@ def iter_manifest(
     UTF-8, a wrong delimiter, missing columns, a row of the wrong width, an oversized or
     empty required field, a malformed or forbidden image, a repeated id, no rows — raises
     a one-line ``JobError`` that names ``path:line``. ``non_empty`` defaults to the
-    identifying columns among ``required``.
+    identifying columns among ``required``. An ``employee_id`` is made NFC and refused when it
+    holds an invisible or text-direction character (``faceq.ids``); ``distinct_employees``
+    (enrolment) also refuses two ids that look alike, naming both lines.
     """
     source = _ManifestFile(path, s3_endpoint_url)
     must_fill = tuple(c for c in required if c in IDENTIFYING_COLUMNS) if non_empty is None else non_empty
-    return UniqueIds(_manifest_items(source, required, must_fill, item_id_fn, allowed, images, id_column))
+    return UniqueIds(_manifest_items(source, required, must_fill, item_id_fn, allowed, images, id_column,
+                                     LookAlikes() if distinct_employees else None))
 
 
 def _manifest_items(source: "_ManifestFile", required: tuple[str, ...], non_empty: tuple[str, ...],
                     item_id_fn: Callable[[dict[str, str]], str], allowed: AllowedSources | None,
-                    images: tuple[str, ...] = ("image",), id_column: str | None = None
-                    ) -> Iterator[LocalItem | Item]:
+                    images: tuple[str, ...] = ("image",), id_column: str | None = None,
+                    look_alikes: LookAlikes | None = None) -> Iterator[LocalItem | Item]:
     name = source.name
     rows = _records(source)
     header_line, header = _header(name, rows, required)
@@ -282,6 +288,8 @@ def _manifest_items(source: "_ManifestFile", required: tuple[str, ...], non_empt
         empty = [c for c in non_empty if not row.get(c)]
         if empty:
             raise JobError(f"{name}:{line}: empty {', '.join(empty)}")
+        if "employee_id" in row:
+            row["employee_id"] = _employee_id(name, line, row["employee_id"], look_alikes)
         item_id = item_id_fn(row)
         earlier = seen.add(item_id, line)
         if earlier is not None and _id_on_line(source, earlier, header, item_id_fn) == item_id:
@@ -329,6 +337,19 @@ def _header(name: str, rows: Iterator[tuple[int, list[str]]], required: tuple[st
     raise JobError(f"{name} is empty: expected a header line ({', '.join(required)}) and rows")
 
 
+def _employee_id(name: str, line: int, value: str, look_alikes: LookAlikes | None) -> str:
+    """The NFC id, or a JobError: invisible or direction characters, or (enrolment) a look-alike."""
+    try:
+        value = normalise_employee_id(value)
+    except BadInputError as exc:
+        raise JobError(f"{name}:{line}: employee_id {exc.message}") from None
+    earlier = look_alikes.add(value, line) if look_alikes is not None else None
+    if earlier is not None:
+        raise JobError(f"{name}:{line}: employee_id {shown(value)} looks like {shown(earlier[0])} (line "
+                       f"{earlier[1]}): two employees a reviewer cannot tell apart; use distinct ids")
+    return value
+
+
 def _row(name: str, line: int, header: list[str], cells: list[str]) -> dict[str, str]:
     if len(cells) != len(header):
         raise JobError(f"{name}:{line}: {len(cells)} cell(s) but the header has {len(header)}")
@@ -366,7 +387,10 @@ def _id_on_line(source: "_ManifestFile", line: int, header: list[str],
     """Re-read the id of the record starting on ``line`` (confirms a hash hit is a real repeat)."""
     for record_line, cells in _records(source):
         if record_line == line:
-            return item_id_fn({c: v.strip() for c, v in zip(header, cells)})
+            row = {c: v.strip() for c, v in zip(header, cells)}
+            if "employee_id" in row:  # as the first pass made it
+                row["employee_id"] = unicodedata.normalize("NFC", row["employee_id"])
+            return item_id_fn(row)
         if record_line > line:
             break
     return None

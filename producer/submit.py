@@ -199,22 +199,13 @@ def submit(settings: Settings, storage: Storage, ledger: Ledger, *, items: Itera
 
 
 def enqueue(header: JobHeader, indices: Iterable[int], broker_url: str | None = None) -> int:
-    """One reference-only message per chunk, named for Flower: ``<job>#<index> (<n> items)``."""
-    from workers.app import PROCESS_CHUNK, app
+    """One reference-only message per chunk (``workers.app.send_chunks``)."""
+    from workers.app import send_chunks
 
-    sent = 0
-    with app.connection_for_write(broker_url) as connection:
-        producer = app.amqp.Producer(connection, auto_declare=False)
-        for index in indices:
-            app.send_task(PROCESS_CHUNK, args=[header.job_id, header.run_id, index], producer=producer,
-                          argsrepr=f"{header.job_id}#{index} ({header.chunk_items(index)} items)")
-            sent += 1
-    return sent
+    return send_chunks(header, indices, broker_url)
 
 
 def finalize_later(header: JobHeader, broker_url: str | None = None) -> None:
-    from workers.app import FINALIZE_JOB, app
+    from workers.app import send_finalize
 
-    with app.connection_for_write(broker_url) as connection:
-        app.send_task(FINALIZE_JOB, args=[header.job_id, header.run_id], connection=connection,
-                      argsrepr=f"{header.job_id} finalize")
+    send_finalize(header, broker_url)

@@ -324,7 +324,8 @@ def test_the_local_review_page_pages_through_flags_and_records_verdicts(client, 
         # a verdict through the form
         fields = {i.attrs["name"]: i.attrs.get("value", "") for i in page.find_all("input")}
         fields.update(verdict="rejected", note="that is e1")
-        status, headers, _ = _http(server, "POST", f"{base}verdict", urlencode(fields), Origin="null")
+        origin = f"http://127.0.0.1:{server.port}"
+        status, headers, _ = _http(server, "POST", f"{base}verdict", urlencode(fields), Origin=origin)
         assert status == 303 and headers["Location"] == f"{base}section/mismatch?page=2#item-0"
         (latest,) = [v for v in client.job(attendance).verdicts() if v["item_id"] == "r-other-2"]
         assert (latest["verdict"], latest["reviewer"], latest["note"]) == ("rejected", "carol", "that is e1")
@@ -332,8 +333,10 @@ def test_the_local_review_page_pages_through_flags_and_records_verdicts(client, 
         assert _http(server, "GET", "/")[0] == 404
         assert _http(server, "GET", base, host="evil.example:80")[0] == 421
         assert _http(server, "POST", f"{base}verdict", urlencode(fields), Origin="http://evil.example")[0] == 403
-        assert _http(server, "POST", f"{base}verdict", urlencode({**fields, "verdict": "maybe"}))[0] == 400
-        assert _http(server, "POST", f"{base}verdict", urlencode({**fields, "back": "//evil.example"}))[0] == 400
+        assert _http(server, "POST", f"{base}verdict", urlencode({**fields, "verdict": "maybe"}),
+                     Origin=origin)[0] == 400
+        assert _http(server, "POST", f"{base}verdict", urlencode({**fields, "back": "//evil.example"}),
+                     Origin=origin)[0] == 400
     finally:
         server.close()
 

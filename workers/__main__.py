@@ -43,7 +43,44 @@ def main(argv: list[str] | None = None) -> None:
     except FaceqError as exc:
         print(f"error: faceq worker cannot start: {exc}", file=sys.stderr)
         sys.exit(2)
-    app.worker_main(
+    unrecoverable = _watch_for_unrecoverable_errors()
+    try:
+        code = _run_worker(app, concurrency, hostname, args.loglevel)
+    except SystemExit as exc:
+        code = exc.code
+    if unrecoverable:
+        # Celery has stopped consuming for good: exit non-zero so that systemd's
+        # Restart=on-failure, compose's restart policy or Kubernetes starts a new worker
+        print(f"error: faceq worker {hostname} stopped consuming after an unrecoverable error "
+              f"({unrecoverable[0]}); exiting 1 so that its supervisor restarts it", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code)
+
+
+class _Unrecoverable(logging.Handler):
+    """Notes Celery's "Unrecoverable error" (its worker then stops, possibly with exit code 0)."""
+
+    def __init__(self, seen: list[str]):
+        super().__init__(logging.CRITICAL)
+        self.seen = seen
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Unrecoverable error"):
+            self.seen.append(record.getMessage()[len("Unrecoverable error: "):][:200])
+
+
+def _watch_for_unrecoverable_errors() -> list[str]:
+    from celery.worker import worker
+
+    seen: list[str] = []
+    worker.logger.addHandler(_Unrecoverable(seen))  # the logger WorkController.start reports it on
+    return seen
+
+
+def _run_worker(app, concurrency: int, hostname: str, loglevel: str) -> int:
+    """Celery's worker; → its exit code. (``app.worker_main`` drops the code that ``app.start``
+    returns: a worker that stopped after an unrecoverable error exited 0.)"""
+    return app.start(
         [
             "worker",
             # threads, even for one task at a time: the main thread stays free to answer
@@ -51,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
             "--pool=threads",
             f"--concurrency={concurrency}",
             f"--hostname={hostname}",
-            f"--loglevel={args.loglevel}",
+            f"--loglevel={loglevel}",
             f"--queues={app.conf.task_default_queue}",
             "--without-gossip",
             "--without-mingle",

@@ -10,6 +10,10 @@ jobs: bind them where only your Prometheus reaches.
   503 with a JSON ``reason`` (still loading, or the broker is unreachable).
 - ``/metrics``: the worker's ``faceq_*`` metrics (``workers.metrics``), Prometheus text format
   (or OpenMetrics when the scraper asks for it).
+
+The port is served by ``faceq.httpserve.BoundedHTTPServer``: one selector thread and
+``HTTP_THREADS`` handler threads whatever the clients do, at most ``MAX_CONNECTIONS`` open,
+``TIMEOUT_S`` to send a request, so a scraper gone wrong or a slowloris cannot grow the worker.
 """
 
 from __future__ import annotations
@@ -17,16 +21,21 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Callable
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from faceq.errors import ConfigError
+from faceq.httpserve import BoundedHTTPServer
 from faceq.redact import redact_text
 
 log = logging.getLogger(__name__)
+
+HTTP_THREADS = 4  # handler threads: a scrape takes milliseconds
+MAX_CONNECTIONS = 64
+TIMEOUT_S = 5.0  # to send a request head, and per socket read/write after it
 
 
 class Endpoints:
@@ -35,10 +44,11 @@ class Endpoints:
         self.ping = ping
         self.warm = False
         try:
-            self.server = ThreadingHTTPServer((address, port), _handler(self))
+            self.server = BoundedHTTPServer((address, port), _handler(self), threads=HTTP_THREADS,
+                                            max_connections=MAX_CONNECTIONS, head_timeout=TIMEOUT_S,
+                                            io_timeout=TIMEOUT_S, name="faceq-metrics-http")
         except OSError as exc:
             raise ConfigError(f"FACEQ_METRICS_PORT={port}: cannot listen on {address}:{port}: {exc}") from None
-        self.server.daemon_threads = True
         self.address, self.port = self.server.server_address[:2]
         self._thread = threading.Thread(target=self.server.serve_forever, name="faceq-metrics", daemon=True)
 

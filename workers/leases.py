@@ -10,14 +10,13 @@ same sorted set its ``QoS.append`` writes, with ``XX`` so it never re-adds an ac
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
 
 import redis
 from celery.worker import state
 
-log = logging.getLogger(__name__)
+from workers.periodic import Periodic
+
 
 UNACKED_INDEX_KEY = "unacked_index"  # kombu's default ``unacked_index_key``
 
@@ -32,14 +31,15 @@ def held_delivery_tags() -> list[str]:
     return tags
 
 
-class LeaseKeeper:
+class LeaseKeeper(Periodic):
     """A daemon thread that renews the leases of held messages every ``interval`` seconds."""
 
+    tolerated = (redis.RedisError,)  # the broker is down: messages cannot expire meanwhile either
+    what = "renewing message leases"
+
     def __init__(self, client: redis.Redis, interval: float):
+        super().__init__(interval, "faceq-leases")
         self.client = client
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="faceq-leases", daemon=True)
 
     def renew(self) -> int:
         tags = held_delivery_tags()
@@ -48,16 +48,4 @@ class LeaseKeeper:
             self.client.zadd(UNACKED_INDEX_KEY, {tag: now for tag in tags}, xx=True)
         return len(tags)
 
-    def start(self) -> "LeaseKeeper":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.renew()
-            except redis.RedisError as exc:  # the broker is down: messages cannot expire meanwhile either
-                log.warning("message leases not renewed: %s", exc)
+    tick = renew

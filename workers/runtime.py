@@ -28,6 +28,7 @@ from workers.endpoints import Endpoints, start_endpoints
 from workers.engine import Engine
 from workers.health import Heartbeat
 from workers.leases import LeaseKeeper
+from workers.sweeper import Sweeper
 from workers.metrics import WorkerMetrics, quick_redis
 from workers.service import ChunkProcessor, usable_cores
 
@@ -46,6 +47,7 @@ class Runtime:
     leases: LeaseKeeper
     metrics: WorkerMetrics | None = None
     endpoints: Endpoints | None = None  # FACEQ_METRICS_PORT: /metrics, /healthz, /readyz
+    sweeper: Sweeper | None = None  # finishes stalled jobs from storage (a Redis restart's losses)
 
 
 _runtime: Runtime | None = None
@@ -73,6 +75,8 @@ def build_runtime(settings: Settings, worker_name: str | None = None) -> Runtime
     report.warm_up()
     heartbeat = Heartbeat(ledger.redis, name, settings, engine, batcher).start()
     leases = LeaseKeeper(ledger.redis, interval=max(1.0, VISIBILITY_TIMEOUT / 3)).start()
+    sweeper = Sweeper(ledger, storage, settings.queue, settings.broker_url, settings.stall_seconds,
+                      interval=max(1.0, min(5.0, settings.stall_seconds / 3))).start()
     log.info("faceq worker ready: device=%s modes=%s micro-batching=%s storage=%s model_id=%s", engine.device,
              ",".join(settings.modes), "on" if batcher else "off", storage.url, engine.model_id)
     if engine.stand_in:  # said again last, where whoever reads the start-up log looks
@@ -86,7 +90,8 @@ def build_runtime(settings: Settings, worker_name: str | None = None) -> Runtime
     gc.freeze()
     if endpoints is not None:
         endpoints.mark_warm()
-    return Runtime(settings, storage, ledger, engine, processor, batcher, heartbeat, leases, metrics, endpoints)
+    return Runtime(settings, storage, ledger, engine, processor, batcher, heartbeat, leases, metrics, endpoints,
+                   sweeper)
 
 
 MAX_DEFAULT_DECODE_PROCESSES = 8  # ≈ 0.1 ms of child CPU per 112×112 crop: 8 children feed > 50,000 crops/s
@@ -120,6 +125,8 @@ def shutdown_runtime() -> None:
                 _runtime.endpoints.close()
             _runtime.heartbeat.stop()
             _runtime.leases.stop()
+            if _runtime.sweeper is not None:
+                _runtime.sweeper.stop()
             if _runtime.batcher is not None:
                 _runtime.batcher.close()
             _runtime.processor.close()

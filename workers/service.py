@@ -23,8 +23,10 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
+from typing import Callable
 
 import numpy as np
+from redis.exceptions import LockError
 
 from faceq import jobs
 from faceq.allow import AllowedSources
@@ -34,7 +36,7 @@ from faceq.jobs import ChunkRef, Item, JobHeader
 from faceq.ledger import ChunkRecord, Ledger
 from faceq.manifest import read_chunk_manifest
 from faceq.results import SECOND_IMAGE_FIELD, ItemResult, chunk_part_bytes
-from faceq.retry import redis_retry
+from faceq.retry import REDIS_ERRORS, redis_retry
 from faceq.settings import Settings, TrustThresholds
 from faceq.storage import Storage
 from faceq.summary import finalize
@@ -460,31 +462,62 @@ class _LeaseRenewer:
 
 
 def finalize_job(storage: Storage, ledger: Ledger, job_id: str, run_id: str,
-                 thresholds: TrustThresholds | None = None) -> FinalizeOutcome:
+                 thresholds: TrustThresholds | None = None, redis_window: float = 0.0) -> FinalizeOutcome:
     """Write the run's review list, report and summary exactly once, whoever finished last.
 
     The lease expires 30 s after its holder stops renewing it; the holder's message is then
     redelivered (it is acknowledged only after this returns) and the next worker takes over.
+    Every Redis call here is retried through an outage of up to ``redis_window`` seconds, as
+    the chunk path's are: each is idempotent (a read, a SET NX whose lost reply only delays a
+    takeover by one lease, a HSET of the same value), so a Redis restart during finalize ends
+    in a done job, not in a failure.
     """
     thresholds = thresholds or TrustThresholds()
-    progress = ledger.progress(job_id)
+
+    def redis(call, what: str):
+        return redis_retry(call, f"job {job_id} finalize: {what}", redis_window)
+
+    progress = redis(lambda: ledger.progress(job_id), "reading progress")
     if progress is None or progress.run_id != run_id:
         return FinalizeOutcome.STALE
     if progress.complete:
         return FinalizeOutcome.ALREADY_DONE
-    lease = ledger.claim_finalize(job_id, run_id, FINALIZE_LEASE_SECONDS)
+    lease = redis(lambda: ledger.claim_finalize(job_id, run_id, FINALIZE_LEASE_SECONDS), "claiming the lease")
     if lease is None:
         return FinalizeOutcome.BUSY
     try:
         with _LeaseRenewer(lease, FINALIZE_LEASE_SECONDS / 3):
             header = JobHeader.from_json(storage.get_bytes(jobs.header_key(job_id, run_id)))
             summary = finalize(storage, header, thresholds,
-                               lock=lambda gallery: ledger.redis.lock(f"faceq:gallery-lock:{gallery}", timeout=300),
-                               still_current=lambda: ledger.is_current(job_id, run_id))
+                               lock=lambda gallery: _RetryingLock(ledger.redis.lock(f"faceq:gallery-lock:{gallery}",
+                                                                                    timeout=300), redis),
+                               still_current=lambda: redis(lambda: ledger.is_current(job_id, run_id),
+                                                           "checking the run is current"))
             if summary is None:
                 return FinalizeOutcome.STALE
-            ledger.mark_done(job_id, run_id)
+            redis(lambda: ledger.mark_done(job_id, run_id), "marking the job done")
     finally:
-        lease.release()
+        try:
+            redis(lease.release, "releasing the lease")
+        except REDIS_ERRORS as exc:  # it lapses on its own within FINALIZE_LEASE_SECONDS
+            log.warning("job %s: finalize lease not released: %s", job_id, exc)
     log.info("job %s finalized: %s", job_id, summary["counts"])
     return FinalizeOutcome.WRITTEN
+
+
+class _RetryingLock:
+    """A redis-py lock whose acquire and release ride out a Redis outage (a gallery's publish)."""
+
+    def __init__(self, lock, redis: Callable):
+        self.lock, self.redis = lock, redis
+
+    def __enter__(self):
+        if not self.redis(lambda: self.lock.acquire(blocking=True), "taking the gallery lock"):
+            raise LockError("the gallery lock was not acquired")
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self.redis(self.lock.release, "releasing the gallery lock")
+        except LockError:  # expired meanwhile (a long outage): nothing left to release
+            pass

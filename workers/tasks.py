@@ -66,7 +66,8 @@ def _finalize(runtime: Runtime, job_id: str, run_id: str) -> FinalizeOutcome | N
     deadline = time.monotonic() + 5 * FINALIZE_LEASE_SECONDS
     try:
         while True:
-            outcome = finalize_job(runtime.storage, runtime.ledger, job_id, run_id, runtime.settings.thresholds)
+            outcome = finalize_job(runtime.storage, runtime.ledger, job_id, run_id, runtime.settings.thresholds,
+                                   runtime.settings.redis_retry_seconds)
             if outcome is not FinalizeOutcome.BUSY or time.monotonic() > deadline:
                 return outcome  # still BUSY at the deadline: the holder is alive and renewing its lease
             time.sleep(2)
