@@ -14,7 +14,7 @@ LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --override $(N
 # `make test-lowest`: the suite at the lowest versions pyproject.toml allows (uv's lowest-direct)
 LOWEST_VENV ?= .venv-lowest
 # (less the fault, speed and reference-parity modules: they exercise no version-dependent code the rest does not)
-LOWEST_SKIP := chaos bench scale parity crop_pool hostile flower null_model datapath
+LOWEST_SKIP := chaos redis_restarts full_disk bench scale parity crop_pool hostile flower null_model datapath
 LOWEST_TESTS ?= $(foreach module,$(LOWEST_SKIP),--ignore=tests/test_$(module).py)
 # `make wheelhouse`: every wheel a worker needs, for a GPU host without internet
 PYTHON_VERSION ?= 3.12

@@ -19,6 +19,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -76,43 +77,83 @@ def run_job(ledger, storage, settings, items, job_id: str, mode: str, chunk: int
     started, wall = time.perf_counter(), time.time()
     submit(settings, storage, ledger, items=items, source="bench-gpu", job_id=job_id, allowed_sources=allowed,
            options=JobOptions("audit", mode=mode, chunk_size=chunk, report=False))
-    wait_for_jobs(ledger, [job_id], timeout, stall_seconds)
+    with GpuBusy(settings.device) as busy:
+        wait_for_jobs(ledger, [job_id], timeout, stall_seconds)
     seconds = time.perf_counter() - started
     return {"mode": mode, "images": len(items), "seconds": round(seconds, 3), "ips": round(len(items) / seconds, 1),
+            "gpu_busy_fraction": busy.mean,
             **chunk_timing(ledger.chunk_stats(job_id), len(items), wall),
             **check_one_row_per_item(storage, job_id, len(items))}
 
 
-def bare_models(arch: str, device: str, precisions: list[str], sizes: dict) -> dict:
+def bare_models(arch: str, device: str, precisions: list[str], modes: list[str], sizes: dict) -> dict:
+    """Bare-model images/s per precision and inference mode (workers/graph.py)."""
     from bench.model_speed import bare_model
 
-    return {precision: {k: v for k, v in bare_model(arch, device, precision, sizes["batches"], sizes["min_seconds"]
-                                                    ).items() if k != "batch_sweep"}
+    return {precision: {mode: {k: v for k, v in bare_model(arch, device, precision, sizes["batches"],
+                                                            sizes["min_seconds"], mode).items() if k != "batch_sweep"}
+                        for mode in modes}
             for precision in precisions}
+
+
+class GpuBusy:
+    """The device's busy fraction (NVML, through torch) sampled every 0.2 s while a job runs;
+    None where NVML does not answer (the CPU, a driver without it)."""
+
+    def __init__(self, device: str):
+        self.device, self.samples = device, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import torch
+
+        while not self._stop.wait(0.2):
+            try:
+                self.samples.append(torch.cuda.utilization(self.device) / 100)
+            except Exception:  # no NVML: nothing to report
+                return
+
+    def __enter__(self) -> "GpuBusy":
+        if self.device.startswith("cuda"):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+
+    @property
+    def mean(self) -> float | None:
+        return round(statistics.fmean(self.samples), 3) if self.samples else None
 
 
 def smoke(args, sizes: dict, workdir: Path, document: dict) -> None:
     """Fills ``document`` as it goes, so a failure still reports what was measured before it."""
-    from bench.datapath import write_crops, write_photos
+    from bench.datapath import dataloader, write_crops, write_photos
     from faceq.devstack import RedisServer
     from faceq.jobs import Item
     from faceq.ledger import Ledger
     from faceq.settings import Settings, default_concurrency
     from faceq.storage import open_storage
 
-    document["bare_model"] = bare_models(args.arch, args.device, args.precisions, sizes)
+    document["bare_model"] = bare_models(args.arch, args.device, args.precisions, args.modes, sizes)
     with RedisServer(workdir / "redis") as redis_server:
         storage_url = (workdir / "store").as_uri()
         env = python_env() | {"FACEQ_BROKER_URL": redis_server.url, "FACEQ_STORAGE_URL": storage_url,
                               "FACEQ_MODEL_ARCH": args.arch, "FACEQ_PRECISION": args.precision,
+                              "FACEQ_INFERENCE": args.inference,
                               "FACEQ_MAX_BATCH": str(sizes["chunk"]), "FACEQ_MODES": "crop,detect",
                               "FACEQ_DETECTOR_WEIGHTS": str(args.detector)}
         env |= dict(pair.split("=", 1) for pair in args.env)
         storage = open_storage(storage_url)
         ledger = Ledger.from_url(redis_server.url)
-        settings = Settings(broker_url=redis_server.url, storage_url=storage_url, chunk_size=sizes["chunk"])
+        settings = Settings(broker_url=redis_server.url, storage_url=storage_url, chunk_size=sizes["chunk"],
+                            device=args.device)
         inputs = workdir / "inputs"
-        crops = [Item(p.name, p.as_uri()) for p in write_crops(inputs / "crops", sizes["crops"])]
+        crop_paths = write_crops(inputs / "crops", sizes["crops"])
+        crops = [Item(p.name, p.as_uri()) for p in crop_paths]
+        # what a user would write instead, at this host's core count, beside the job
+        document["dataloader"] = dataloader(crop_paths, runs=1, num_workers=os.cpu_count() or 1)
         photos = [Item(p.name, p.as_uri()) for p in write_photos(inputs / "photos", sizes["photos"])]
         allowed = (inputs.as_uri() + "/",)
         concurrency = args.concurrency or default_concurrency(args.device)
@@ -146,6 +187,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", help="the worker's precision (default: bf16 on a GPU, fp32 on the CPU)")
     parser.add_argument("--precisions", help="bare-model precisions, comma-separated (default: fp32,fp16,bf16 "
                                              "on a GPU, fp32 on the CPU)")
+    parser.add_argument("--inference", default="fused", help="the worker's FACEQ_INFERENCE (default: fused)")
+    parser.add_argument("--modes", help="bare-model inference modes, comma-separated (default: eager,fused,"
+                                        "compiled,graphs on a GPU, eager,fused on the CPU)")
     parser.add_argument("--quick", action="store_true", help=f"small jobs ({QUICK['crops']} crops, {QUICK['photos']} "
                                                              f"photos) for CI")
     parser.add_argument("--crops", type=int, help="crops in the crop job")
@@ -162,6 +206,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.arch = args.arch or ("ir_se_tiny" if args.quick and not on_gpu else "ir_se_64")
     args.precision = args.precision or ("bf16" if on_gpu else "fp32")
     args.precisions = (args.precisions or ("fp32,fp16,bf16" if on_gpu else "fp32")).split(",")
+    args.modes = (args.modes or ("eager,fused,compiled,graphs" if on_gpu else "eager,fused")).split(",")
     if not Path(args.detector).is_file():
         parser.error(f"no YuNet weights at {args.detector}: pass --detector PATH or set FACEQ_DETECTOR_WEIGHTS")
     if any("=" not in pair for pair in args.env):
@@ -175,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     sizes = (QUICK if args.quick else FULL) | {k: v for k, v in (("crops", args.crops), ("photos", args.photos)) if v}
     document = {"benchmark": "faceq gpu smoke", "ok": False, "device": args.device, "arch": args.arch,
-                "precision": args.precision, "sizes": sizes, "machine": record.machine(), "commit": record.commit()}
+                "precision": args.precision, "inference": args.inference, "sizes": sizes, "machine": record.machine(), "commit": record.commit()}
     workdir = Path(tempfile.mkdtemp(prefix="faceq-gpu-smoke-"))
     try:
         smoke(args, sizes, workdir, document)
@@ -197,12 +242,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def as_table(document: dict) -> str:
     lines = ["| figure | value |", "| --- | --- |"]
-    for precision, row in document["bare_model"].items():
-        lines.append(f"| bare model {precision} | {row['bare_model_ips']} img/s (batch {row['best_batch']}) |")
+    for precision, modes in document["bare_model"].items():
+        for mode, row in modes.items():
+            lines.append(f"| bare model {precision} {mode} | {row['bare_model_ips']} img/s (batch {row['best_batch']}) |")
     for mode, job in document["jobs"].items():
         lines.append(f"| e2e {mode} ({job['images']} images) | {job['ips']} img/s; steady {job.get('steady_ips')} "
                      f"img/s; first chunks {job['first_chunks_seconds']} s, steady chunk "
-                     f"{job['steady_chunk_seconds_median']} s |")
+                     f"{job['steady_chunk_seconds_median']} s; GPU busy {job['gpu_busy_fraction']} |")
+    lines.append(f"| DataLoader ({document['dataloader']['num_workers']} workers) | {document['dataloader']['ips']} img/s |")
     memory = document.get("warm_memory_bytes")
     lines.append(f"| warm GPU memory | {f'{memory / 2**20:.0f} MiB' if memory else 'n/a (CPU)'} |")
     return "\n".join(lines)

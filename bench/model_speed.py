@@ -11,6 +11,7 @@ from models.rts import embed_and_score
 from models.weights import load_model
 from workers.batcher import MicroBatcher
 from workers.engine import Engine, resolve_device, resolve_precision
+from workers.graph import GraphSet, prepare_network, resolve_inference, wrap_forward
 
 
 def _sync(device: torch.device) -> None:
@@ -31,17 +32,26 @@ def _timed_runs(run, device: torch.device, min_seconds: float, min_runs: int = 3
     return times
 
 
-def bare_model(arch: str, device_name: str, precision: str, batch_sizes: list[int], min_seconds: float) -> dict:
-    """Forward + normalisation of the outputs, inputs already on the device in the model's dtype."""
+def bare_model(arch: str, device_name: str, precision: str, batch_sizes: list[int], min_seconds: float,
+               inference: str = "eager") -> dict:
+    """Forward + normalisation of the outputs, inputs already on the device in the model's dtype,
+    the network run as ``inference`` runs it (workers/graph.py: eager, fused, compiled, graphs)."""
     device = resolve_device(device_name)
     dtype = resolve_precision(precision, device)
+    inference = resolve_inference(inference, device)
     memory_format = torch.channels_last  # the engine's layout (the faster one on CPU and GPU)
-    model = load_model(None, arch).model.to(device, dtype=dtype, memory_format=memory_format).eval()
+    network = prepare_network(load_model(None, arch).model, inference)
+    model = network.to(device, dtype=dtype, memory_format=memory_format).eval()
+    forward = wrap_forward(lambda x: embed_and_score(model, x), inference)
     sweep = []
     for batch in batch_sizes:
         x = (torch.rand(batch, 3, 112, 112, device=device) * 2 - 1).to(dtype).contiguous(memory_format=memory_format)
         with torch.inference_mode():
-            times = _timed_runs(lambda: embed_and_score(model, x), device, min_seconds)
+            if inference == "graphs":
+                graphs = GraphSet(forward, x, [batch])
+                times = _timed_runs(lambda: graphs.replay(batch), device, min_seconds)
+            else:
+                times = _timed_runs(lambda: forward(x), device, min_seconds)
         p50, p95 = float(np.percentile(times, 50)), float(np.percentile(times, 95))
         sweep.append({"batch": batch, "ips": round(batch / p50, 2), "latency_ms_p50": round(p50 * 1e3, 2),
                       "latency_ms_p95": round(p95 * 1e3, 2), "runs": len(times)})

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from faceq.placeholder import FETCH_HINT, is_placeholder
+
 
 @dataclass(frozen=True)
 class Guidance:
@@ -163,9 +165,28 @@ def guidance_for(section: str, decides: str | None = None) -> Guidance:
         REASON_GUIDANCE.get(section) or OTHER
 
 
+# Sections whose flag comes from the RTS model's numbers (quality, similarity): placeholders when
+# its weights are random. Unreadable files, missing faces (YuNet) and unknown employees stay real.
+MODEL_SECTIONS = {"mismatch", "grey_zone", "untrusted", "match", "different", "same", "low_quality",
+                  "likely_not_a_face", "other"}
+
+
+def placeholder_explanation(row: dict, decides: str | None) -> tuple[str, str]:
+    """What a flag made by random weights is: nothing about the photo or the person."""
+    numbers = [f"quality {_num(row.get('quality'))}"] + \
+        ([f"and {_num(row.get('quality_b'))}"] if decides == "compare" else []) + \
+        ([f"similarity {_num(row.get('similarity'))}"] if row.get("similarity") is not None else [])
+    reason = (f"Placeholder result: the model ran with random weights, so this flag says nothing about the photo "
+              f"or the person ({', '.join(numbers)} are not real scores).")
+    return reason, f"Do not act on it: {FETCH_HINT}."
+
+
 def explain(row: dict, decides: str | None, thresholds: dict | None = None) -> tuple[str, str]:
-    """(plain-language reason, recommended action) for one flagged row, with its numbers."""
+    """(plain-language reason, recommended action) for one flagged row, with its numbers (a
+    placeholder's, when random weights made it)."""
     section = section_of(row, decides)
+    if section in MODEL_SECTIONS and is_placeholder(row.get("model_id")):
+        return placeholder_explanation(row, decides)
     guide = guidance_for(section, decides)
     reason = guide.reason
     similarity = row.get("similarity")

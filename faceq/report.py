@@ -24,6 +24,7 @@ import io
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
+from faceq.placeholder import ITEM_NOTE, is_placeholder, warning_for
 from faceq.storage import Storage
 
 THUMBNAIL_PX = 96  # reference and candidate photos (CSS px)
@@ -347,6 +348,8 @@ def _item(row: dict, index: int, summary: dict, context: ReviewContext, images: 
         facts += [("Error", "error", row["error"])]
     details = "<dl class='facts'>" + "".join(f"<dt>{_e(label)}</dt><dd class='{css}'>{_e(value)}</dd>"
                                              for label, css, value in facts) + "</dl>"
+    if is_placeholder(row.get("model_id")):
+        details += f"<p class='warn placeholder-item'>{_e(ITEM_NOTE)}</p>"
     details += f"<p class='reason'>{_e(reason)}</p><p class='action'><b>What to do:</b> {_e(action)}</p>"
     prior = context.prior.get(employee) if employee else None
     if prior:
@@ -480,6 +483,12 @@ def _gallery_section(gallery: dict) -> list[str]:
     return parts
 
 
+def placeholder_banner(summary: dict) -> str:
+    """The banner of a job a placeholder model made (random weights, the stand-in); empty otherwise."""
+    warning = warning_for(summary.get("model_ids") or [])
+    return f"<p class='warn placeholder-banner'><b>Not real results.</b> {_e(warning)}</p>" if warning else ""
+
+
 def render_report(summary: dict, flagged, storage: Storage, decides: str | None, *,
                   photo_link: Callable[[dict], str | None] = full_image_link,
                   row_extra: Callable[[dict, str], str] | None = None,
@@ -495,9 +504,7 @@ def render_report(summary: dict, flagged, storage: Storage, decides: str | None,
              f"source {_e(summary['source'])}" + (f" · gallery {_e(summary['gallery'])}" if summary.get('gallery')
                                                   and isinstance(summary['gallery'], str) else "") +
              f" · model {_e(', '.join(summary['model_ids']))} · {summary['timings']['items_per_second']} items/s</p>"]
-    if any("-random-" in m for m in summary["model_ids"]):
-        parts.append("<p class='warn'><b>Random weights.</b> FACEQ_MODEL_WEIGHTS was not set: embeddings, quality "
-                     "and decisions below are placeholders, not face recognition.</p>")
+    parts.append(placeholder_banner(summary))
     for warning in summary.get("warnings") or []:
         parts.append(f"<div class='alert job-warning'><b>Warning</b> — {_e(warning)}</div>")
     for alert in summary["alerts"]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from faceq.errors import ConfigError
+from faceq.modelfiles import default_model_dir, installed_checkpoint, installed_detector
 
 DEFAULT_STORAGE_DIR = Path.home() / ".faceq" / "store"
 
@@ -85,8 +86,9 @@ class Settings:
     broker_url: str = "redis://127.0.0.1:6379/0"
     storage_url: str = DEFAULT_STORAGE_DIR.as_uri()
     s3_endpoint_url: str | None = None
-    model_weights: str | None = None
-    detector_weights: str | None = None
+    model_weights: str | None = None  # FACEQ_MODEL_WEIGHTS, else the checkpoint `faceq models fetch` installed
+    detector_weights: str | None = None  # FACEQ_DETECTOR_WEIGHTS, else the fetched YuNet
+    model_dir: str = str(default_model_dir())  # FACEQ_MODEL_DIR: where `faceq models fetch` installs
     modes: tuple[str, ...] = ("crop", "detect")
     min_face: int = 10
     detect_score: float = 0.7
@@ -94,7 +96,8 @@ class Settings:
     model_arch: str = "ir_se_64"
     model_seed: int = 0
     device: str = "cpu"
-    precision: str = "fp32"
+    precision: str = "auto"  # bf16 on GPUs that run it, fp32 on the CPU (workers/engine.py default_precision)
+    inference: str = "fused"  # eager | fused | compiled | graphs (workers/graph.py)
     max_batch: int = 64
     max_delay_ms: float = 5.0
     microbatch: bool = True
@@ -130,20 +133,25 @@ class Settings:
     @classmethod
     def from_env(cls) -> "Settings":
         d = cls()
+        model_dir = Path(_env("FACEQ_MODEL_DIR") or default_model_dir()).expanduser()
+        model_arch = _env("FACEQ_MODEL_ARCH", d.model_arch)
         return cls(
             broker_url=_env("FACEQ_BROKER_URL", d.broker_url),
             storage_url=_env("FACEQ_STORAGE_URL", d.storage_url),
             s3_endpoint_url=_env("FACEQ_S3_ENDPOINT_URL"),
-            model_weights=_env("FACEQ_MODEL_WEIGHTS"),
-            detector_weights=_env("FACEQ_DETECTOR_WEIGHTS"),
+            # the variables win; else what `faceq models fetch` installed (faceq.modelfiles)
+            model_weights=_env("FACEQ_MODEL_WEIGHTS") or installed_checkpoint(model_dir, model_arch),
+            detector_weights=_env("FACEQ_DETECTOR_WEIGHTS") or installed_detector(model_dir),
+            model_dir=str(model_dir),
             modes=_modes(_env("FACEQ_MODES", ",".join(d.modes))),
             min_face=_int("FACEQ_MIN_FACE", d.min_face),
             detect_score=_float("FACEQ_DETECT_SCORE", d.detect_score),
             detect_max_side=_int("FACEQ_DETECT_MAX_SIDE", d.detect_max_side, minimum=64),
-            model_arch=_env("FACEQ_MODEL_ARCH", d.model_arch),
+            model_arch=model_arch,
             model_seed=_int("FACEQ_MODEL_SEED", d.model_seed, minimum=0),
             device=_env("FACEQ_DEVICE", d.device),
             precision=_env("FACEQ_PRECISION", d.precision),
+            inference=_env("FACEQ_INFERENCE", d.inference),
             max_batch=_int("FACEQ_MAX_BATCH", d.max_batch),
             max_delay_ms=_float("FACEQ_MAX_DELAY_MS", d.max_delay_ms),
             microbatch=_env("FACEQ_MICROBATCH", "1").lower() not in ("0", "false", "no", "off"),
@@ -186,6 +194,7 @@ ENV_VARS = (
     "FACEQ_S3_ENDPOINT_URL",
     "FACEQ_MODEL_WEIGHTS",
     "FACEQ_DETECTOR_WEIGHTS",
+    "FACEQ_MODEL_DIR",
     "FACEQ_MODES",
     "FACEQ_MIN_FACE",
     "FACEQ_DETECT_SCORE",
@@ -194,6 +203,7 @@ ENV_VARS = (
     "FACEQ_MODEL_SEED",
     "FACEQ_DEVICE",
     "FACEQ_PRECISION",
+    "FACEQ_INFERENCE",
     "FACEQ_MAX_BATCH",
     "FACEQ_MAX_DELAY_MS",
     "FACEQ_MICROBATCH",

@@ -11,6 +11,8 @@ CPU per GET; ``FACEQ_S3_READER=boto3`` turns it off), with boto3's credentials.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -18,7 +20,7 @@ from abc import ABC, abstractmethod
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import unquote, urlparse
 
 from faceq.errors import ConfigError, FaceqError, StorageError
@@ -55,7 +57,7 @@ class Storage(ABC):
     url: str
     s3_endpoint_url: str | None = None
 
-    retry_seconds: float = 0.0  # how long transient S3 failures are retried before a StorageError
+    retry_seconds: float = 0.0  # how long transient failures (S3, a full disk) are retried before a StorageError
 
     @cached_property
     def client(self):
@@ -249,16 +251,30 @@ class FileStorage(Storage):
         return path
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
-        path = self._path(key)
-        try:
+        return self._write(self._path(key), lambda fh: fh.write(data))
+
+    def _write(self, path: Path, write: Callable) -> str:
+        """Atomic (a temp file renamed over ``path``), retried like S3's writes while the error is
+        one that clears (a full disk, a quota, a stale NFS handle), and never leaves the temp file."""
+        def attempt() -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the readers of a shared store
-            os.replace(tmp, path)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    write(fh)
+                os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the readers of a shared store
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+
+        try:
+            retry_call(attempt, f"writing {path}", self.retry_seconds, is_transient_os_error)
         except OSError as exc:
-            raise StorageError(f"cannot write {path}: {exc}") from exc
+            error = StorageError(f"cannot write {path}: {exc}")
+            error.transient = is_transient_os_error(exc)
+            raise error from exc
         return path.as_uri()
 
     def get_bytes(self, key: str) -> bytes:
@@ -271,17 +287,11 @@ class FileStorage(Storage):
             raise StorageError(f"cannot read {path}: {exc}") from exc
 
     def put_file(self, key: str, path: Path, content_type: str = "application/octet-stream") -> str:
-        target = self._path(key)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-            os.close(fd)
-            shutil.copyfile(path, tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        except OSError as exc:
-            raise StorageError(f"cannot write {target}: {exc}") from exc
-        return target.as_uri()
+        def copy(fh) -> None:
+            with open(path, "rb") as source:
+                shutil.copyfileobj(source, fh)
+
+        return self._write(self._path(key), copy)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -389,6 +399,16 @@ def list_s3_keys(client, bucket: str, prefix: str) -> Iterator[str]:
 
 _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
                     "InternalError", "ServiceUnavailable", "503", "500", "502", "504"}
+
+
+# OS errors of a local or mounted store that clear on their own: a full disk (often freed by
+# a cleanup job), a quota, an NFS server away or its handle stale, an interrupted call.
+TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EINTR, errno.ESTALE,
+                              errno.ETIMEDOUT, errno.EBUSY})
+
+
+def is_transient_os_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
 
 
 def is_transient_s3_error(exc: BaseException) -> bool:

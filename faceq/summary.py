@@ -33,6 +33,7 @@ from faceq.csvsafe import inert_cell
 from faceq.gallery import EnrolmentBuilder, GalleryStore
 from faceq.guidance import explain, section_of, section_order
 from faceq.jobs import JobHeader
+from faceq.placeholder import ITEM_NOTE, is_placeholder
 from faceq.results import field_columns, part_stats, read_parquet
 from faceq.settings import TrustThresholds
 from faceq.storage import Storage
@@ -265,7 +266,7 @@ def build_summary(header: JobHeader, counts: JobCounts, thresholds: TrustThresho
 
 def review_columns(header: JobHeader) -> list[str]:
     columns = ["item_id", "source_uri", "status", "error", "quality", "needs_review", "review_reasons", "face_count",
-               "face_index", "bbox", "landmarks"]
+               "face_index", "bbox", "landmarks", "model_id"]
     columns += [c for c in _VERIFICATION + _TOP_K if header.verifies] + _compare_columns(header)
     return columns + [c for c in field_columns(header.columns) if c not in columns]
 
@@ -337,7 +338,7 @@ def review_header(header: JobHeader) -> list[str]:
     verification = _decision_cells(header)
     return ["item_id", "source_uri", "status", "quality", "review_reasons", "error", *verification, "source",
             "source_alert", *field_columns(header.columns), "face_index", "face_count",
-            *(_TOP_K + ["prior_verdicts"] if header.verifies else []), "section", "reason", "action"]
+            *(_TOP_K + ["prior_verdicts"] if header.verifies else []), "section", "reason", "action", "placeholder"]
 
 
 def write_review(storage: Storage, header: JobHeader, alerted: set[str], out: Path,
@@ -375,7 +376,8 @@ def write_review(storage: Storage, header: JobHeader, alerted: set[str], out: Pa
                     cells += [";".join(row.get("top_k_ids") or []),
                               ";".join(f"{s:.4f}" for s in row.get("top_k_scores") or []),
                               " | ".join(prior.lines(row.get("employee_id")))]
-                cells += [section_of(row, header.decides), reason, action]
+                cells += [section_of(row, header.decides), reason, action,
+                          ITEM_NOTE if is_placeholder(row.get("model_id")) else ""]
                 writer.writerow([inert_cell(c) for c in cells])
     return folded, queue
 

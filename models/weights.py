@@ -18,16 +18,17 @@ from pathlib import Path
 import torch
 
 from faceq.errors import ModelError
+from faceq.modelfiles import model_id_for
 from models.null import NULL_ARCH, NULL_MODEL_ID, STAND_IN_WARNING, NullModel
 from models.rts import ARCHITECTURES, RTSNet
 
 log = logging.getLogger(__name__)
 
 _RANDOM_WEIGHTS_WARNING = (
-    "FACEQ_MODEL_WEIGHTS is not set: the model runs with SEEDED RANDOM WEIGHTS (seed %d). "
-    "Embeddings and quality scores are meaningless; every row says so in model_id=%s. "
-    "Point FACEQ_MODEL_WEIGHTS at ModelScope's damo/cv_ir_face-recognition-ood_rts "
-    "pytorch_model.pt (a path or s3:// URI) for real results."
+    "no RTS checkpoint (FACEQ_MODEL_WEIGHTS unset, none fetched): the model runs with SEEDED RANDOM WEIGHTS "
+    "(seed %d). Embeddings and quality scores are placeholders; every row says so in model_id=%s. "
+    "For real results run `faceq models fetch` (ModelScope's damo/cv_ir_face-recognition-ood_rts "
+    "pytorch_model.pt into FACEQ_MODEL_DIR), or point FACEQ_MODEL_WEIGHTS at it (a path or s3:// URI)."
 )
 
 
@@ -119,6 +120,6 @@ def load_model(
         arch = dataclasses.replace(arch, rts_plus_dim=plus.shape[0])
     model = RTSNet(arch)
     _check_and_load(model, state)
-    model_id = f"rts-{arch.name}-sha256:{hashlib.sha256(raw).hexdigest()[:16]}"
+    model_id = model_id_for(arch.name, hashlib.sha256(raw).hexdigest())
     log.info("loaded RTS weights from %s (%s)", weights, model_id)
     return LoadedModel(model.eval(), model_id, random_weights=False)

@@ -27,6 +27,8 @@ from faceq.redact import install_log_redaction, redact_text, redact_url
 from faceq.retry import REDIS_ERRORS, retry_call
 from faceq.settings import ENV_VARS, Settings
 from faceq.storage import Storage
+from faceq.placeholder import is_random, warning_for
+from producer import models_command
 from producer.client import Client, Job
 from producer.progress import JobStateLost, finished_summary, lost_state_message, workers_online
 from producer.report import fetch_report
@@ -107,6 +109,7 @@ def build_parser(prog: str = "faceq") -> argparse.ArgumentParser:
     commands.add_parser("workers", help="live workers from their heartbeats (device, batch settings, images/s)")
     commands.add_parser("galleries", help="enrolment galleries and their versions, as JSON")
     _add_review_commands(commands)
+    models_command.add_parser(commands)
     return parser
 
 
@@ -168,10 +171,15 @@ def _progress_json(progress: JobProgress) -> dict:
 
 def _print_summary(summary: dict, storage: Storage) -> None:
     counts = summary["counts"]
+    warning = warning_for(summary["model_ids"])
     print(f"job {summary['job_id']} done: {summary['n_rows']} rows for {summary['n_items']} items")
+    if warning:  # first, where a person looks, and again last
+        print(f"  {warning}")
     print(f"  status:       {json.dumps(counts['status'])}")
     print(f"  needs review: {counts['needs_review']}  reasons: {json.dumps(counts['review_reasons'])}")
-    print(f"  quality:      median {summary['quality']['median']}  (model {', '.join(summary['model_ids'])})")
+    median = summary["quality"]["median"]
+    print(f"  quality:      median {'—' if median is None else f'{median:.2f}'}  "
+          f"(model {', '.join(summary['model_ids'])}{', a placeholder' if warning else ''})")
     print(f"  throughput:   {summary['timings']['items_per_second']} items/s over {summary['timings']['wall_seconds']}s")
     print(f"  results:      {storage.uri(summary['outputs']['results'])}")
     print(f"  review list:  {storage.uri(summary['outputs']['review'])}")
@@ -195,12 +203,8 @@ def _print_summary(summary: dict, storage: Storage) -> None:
         print(f"  WARNING:      {warning}")
     if storage.exists(summary["outputs"]["report"]):
         print(f"  report:       {storage.uri(summary['outputs']['report'])}")
-    if any("-random-" in model_id for model_id in summary["model_ids"]):
-        print("  WARNING: produced with seeded RANDOM weights (FACEQ_MODEL_WEIGHTS unset): the embeddings and "
-              "quality scores are placeholders, not face recognition.")
-    if any(model_id.startswith("null") for model_id in summary["model_ids"]):
-        print("  WARNING: produced by the zero-cost STAND-IN (FACEQ_MODEL_ARCH=null), not a model: the numbers "
-              "measure the data path only.")
+    if warning:
+        print(f"  WARNING: {warning}")
 
 
 def _wait(args, client: Client, job: Job) -> int:
@@ -251,6 +255,8 @@ SUBMIT_COMMANDS = ("audit", "attendance", "enroll", "compare")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command == "models":  # no broker, no storage: the first thing a new user runs
+        return models_command.run(args)
     # submitting checks the broker before writing anything; following a job rides out outages
     client = Client.from_env(broker=args.broker, storage=args.storage, check=args.command in SUBMIT_COMMANDS)
     storage = client.storage
@@ -354,7 +360,9 @@ def _status(client: Client, job_id: str) -> int:
                        f"{redact_url(client.storage.url)}")
     state = _progress_json(progress) if progress else {"job_id": job_id, "state": "done",
                                                        "note": "finished; Redis has forgotten it (retention)"}
-    print(json.dumps({**state, "summary": summary}, indent=2))
+    warning = warning_for(summary["model_ids"]) if summary else None
+    flags = {"random_weights": any(is_random(m) for m in summary["model_ids"]), "warning": warning} if warning else {}
+    print(json.dumps({**state, **flags, "summary": summary}, indent=2))
     return EXIT_OK
 
 

@@ -34,6 +34,7 @@ from faceq.gallery import GalleryStore
 from faceq.heartbeats import read_heartbeats
 from faceq.jobs import JobHeader
 from faceq.localfiles import read_regular_file
+from faceq.placeholder import marked
 from faceq.ledger import JobProgress, Ledger
 from faceq.redact import redact_url
 from faceq.results import read_parquet
@@ -230,16 +231,18 @@ class Client:
     def verify(self, image: str | Path | bytes, employee_id: str, gallery: str, *, mode: str = "crop",
                timeout: float = 60, **fields: str) -> dict:
         """Kiosk-style 1:1 check: one photo against the claimed employee; returns the result row
-        (decision, similarity, quality, review reasons, best 1:N candidate)."""
+        (decision, similarity, quality, review reasons, best 1:N candidate), with ``random_weights``
+        and ``warning`` (None unless a placeholder model made it: then do not act on it)."""
         job = self.image(image, mode=mode, employee_id=employee_id, gallery=gallery, **fields)
         job.wait(timeout=timeout)
         (row,) = [r for r in job.results().drop_columns(["embedding"]).to_pylist()][:1]
-        return row
+        return marked(row)
 
     def compare(self, image_a: str | Path | bytes, image_b: str | Path | bytes, *, mode: str = "crop",
                 timeout: float = 60, **fields: str) -> dict:
         """The seed's compare: two photos in, one row out (decision, similarity, both qualities,
-        face counts and boxes, review reasons). Paths, URIs or bytes."""
+        face counts and boxes, review reasons, ``random_weights`` and ``warning`` as for ``verify``).
+        Paths, URIs or bytes."""
         job_id = jobs.validate_job_id(new_job_id("compare"))
         uri_a, uri_b = self._image_uri(image_a, job_id), self._image_uri(image_b, job_id)
         row = {"pair_id": fields.pop("pair_id", "pair"), "image_a": uri_a, "image_b": uri_b, **fields}
@@ -247,7 +250,7 @@ class Client:
                                  extra_roots=(uri_a, uri_b))
         job.wait(timeout=timeout)
         (row,) = job.results().drop_columns(["embedding", "embedding_b"]).to_pylist()
-        return row
+        return marked(row)
 
     # -- reading ----------------------------------------------------------------------------
 

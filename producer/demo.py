@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from faceq.devstack import RedisServer, WorkerProcess
+from faceq.settings import Settings
 from producer.samples import write_sample_set
 
 OUTPUT = Path("demo-output").resolve()
@@ -28,6 +29,7 @@ def main() -> int:
     # The samples are drawn face crops (no detector would find them): crop mode, and the
     # worker needs no YuNet weights for it.
     os.environ.setdefault("FACEQ_MODES", "crop")
+    _say_which_model()
     samples = OUTPUT / "samples"
     expected = write_sample_set(samples, n_good=60)
     print(f"wrote {len(expected)} sample images to {samples} ({sum(v != 'ok' for v in expected.values())} broken)")
@@ -43,6 +45,17 @@ def main() -> int:
         if redis_server:
             redis_server.stop()
         print("stopped the demo worker" + (" and redis-server" if redis_server else ""))
+
+
+def _say_which_model() -> None:
+    """Before the job: real weights (and from where), or a placeholder run and how to get real ones."""
+    settings = Settings.from_env()
+    if settings.model_weights:
+        print(f"model: RTS checkpoint {settings.model_weights}")
+    elif settings.model_arch != "null":
+        print(f"model: no RTS checkpoint (FACEQ_MODEL_WEIGHTS unset, nothing fetched into {settings.model_dir}): "
+              f"the worker runs SEEDED RANDOM weights, so every score below is a PLACEHOLDER. For real results: "
+              f"`faceq models fetch`, then `make demo` again.")
 
 
 if __name__ == "__main__":

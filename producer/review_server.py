@@ -42,7 +42,7 @@ from faceq.errors import BadInputError, FaceqError
 from faceq.httpserve import BoundedHTTPServer
 from faceq.guidance import guidance_for
 from faceq.jobs import JobHeader
-from faceq.report import _CSS, checkin_key, photo, render_review_queue
+from faceq.report import _CSS, checkin_key, photo, placeholder_banner, render_review_queue
 from faceq.summary import SECTION_ROWS, ReviewQueue, flagged_page, write_review
 from faceq.verdicts import VERDICTS
 
@@ -149,7 +149,7 @@ class ReviewServer:
                  f"with the buttons; it is stored with the job and shown beside the employee's later flags.</p>")
         body = (f"<h1>Review: {self.summary['kind']} job <code>{job}</code></h1><p class='muted'>gallery "
                 f"{html.escape(str(self.summary.get('gallery') or '—'))} · reviewer "
-                f"{html.escape(self.reviewer)}</p>"
+                f"{html.escape(self.reviewer)}</p>" + placeholder_banner(self.summary)
                 + render_review_queue(self.summary, self.queue, self.storage, self.header.decides,
                                       photo_link=self._photo_link, row_extra=self._form(""),
                                       section_note=self._section_note, intro=intro))
@@ -176,7 +176,7 @@ class ReviewServer:
             nav.append(f"<a class='next' href='/{self.token}/section/{section}?page={page + 1}'>next →</a>")
         note = lambda *_: f"items {start + 1}–{start + len(rows)} of {count} · " + " · ".join(nav)  # noqa: E731
         body = (f"<h1>{html.escape(guidance_for(section).title)} — page {page} of {pages}</h1>"
-                + render_review_queue(self.summary, queue, self.storage, self.header.decides,
+                + placeholder_banner(self.summary) + render_review_queue(self.summary, queue, self.storage, self.header.decides,
                                       photo_link=self._photo_link,
                                       row_extra=self._form(f"section/{section}?page={page}"),
                                       section_note=note, intro=""))

@@ -30,6 +30,10 @@ AWS_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 os.environ.update(AWS_ENV)  # moto accepts any credentials; never real ones in tests
+# No test picks up model files someone fetched on this machine (`faceq models fetch`): an
+# empty model folder, unless a test installs into its own.
+NO_MODEL_DIR = str(REPO / "build" / "tests-no-model-files")
+os.environ["FACEQ_MODEL_DIR"] = NO_MODEL_DIR
 
 
 @pytest.fixture(scope="session")
@@ -73,6 +77,7 @@ def worker_env(broker_url: str, storage_url: str, s3_endpoint: str | None = None
         FACEQ_MODEL_ARCH="ir_se_tiny",
         FACEQ_MAX_BATCH="16",
         FACEQ_CHUNK_SIZE="32",
+        FACEQ_MODEL_DIR=NO_MODEL_DIR,
         PYTHONPATH=str(REPO),
     )
     if s3_endpoint:

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from faceq.storage import open_storage
+from models.weights import load_model
 from producer.samples import draw_face, encode
 from tests.conftest import redis_and_worker, write_csv
 from tests.test_end_to_end import Stack
@@ -24,11 +26,16 @@ pytestmark = pytest.mark.integration
 
 
 def gallery_stack(tmp_path_factory, name: str):
-    """A redis-server and a worker whose thresholds separate drawn faces (shared with test_review)."""
+    """A redis-server and a worker whose thresholds separate drawn faces (shared with test_review).
+
+    The worker loads the seeded random weights from a checkpoint file: the same numbers as
+    seed 0, but its rows are not placeholders, so the review texts are the ones real weights get."""
     tmp = tmp_path_factory.mktemp(name)
+    checkpoint = tmp / "seed0.pt"
+    torch.save(load_model(None, "ir_se_tiny", seed=0).model.state_dict(), checkpoint)
     with redis_and_worker(tmp, f"{name}-worker", (tmp / "store").as_uri(), FACEQ_MATCH_SIMILARITY="0.97",
                           FACEQ_MISMATCH_SIMILARITY="0.95", FACEQ_DUPLICATE_SIMILARITY="0.97",
-                          FACEQ_CHUNK_SIZE="2") as (env, worker):
+                          FACEQ_CHUNK_SIZE="2", FACEQ_MODEL_WEIGHTS=str(checkpoint)) as (env, worker):
         yield Stack(env, open_storage((tmp / "store").as_uri()), worker), tmp
 
 

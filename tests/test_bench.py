@@ -63,11 +63,14 @@ def test_the_gpu_smoke_runs_a_crop_and_a_detect_job_on_the_cpu():
     assert done.returncode == 0, done.stderr[-3000:]
     document = json.loads(done.stdout)
     assert document["ok"] and "error" not in document
-    assert document["bare_model"]["fp32"]["bare_model_ips"] > 0
+    for mode in ("eager", "fused"):  # BatchNorm folded beside the network as loaded
+        assert document["bare_model"]["fp32"][mode]["bare_model_ips"] > 0, mode
+    assert document["dataloader"]["ips"] > 0 and document["dataloader"]["images"] == 256
     for mode, n in (("crop", 256), ("detect", 6)):
         job = document["jobs"][mode]
         assert job["images"] == n and job["rows"] == n and job["ips"] > 0, mode  # one row per item, checked inside
         assert job["first_chunks_seconds"] and job["steady_chunk_seconds_median"] > 0, mode
+        assert job["gpu_busy_fraction"] is None, mode  # no NVML on the CPU
     assert document["jobs"]["crop"]["chunks"] == 8 and document["jobs"]["crop"]["status"] == {"ok": 256}
     assert document["warm_memory_bytes"] is None  # the CPU has no warm GPU memory
 

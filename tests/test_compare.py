@@ -133,6 +133,7 @@ def test_compare_in_one_call_and_from_the_command_line(client, stack):
     row = client.compare(folder / "badge.jpg", (folder / "copy.jpg").read_bytes(), timeout=120)
     assert row["decision"] == "same" and row["similarity"] == pytest.approx(1.0, abs=1e-4)
     assert row["item_id"] == "pair" and row["status"] == "ok" and row["quality_b"] == pytest.approx(QUALITY, abs=1e-4)
+    assert row["random_weights"] is False and row["warning"] is None  # a real checkpoint: no placeholder warning
 
     manifest = _manifest(folder / "pairs.csv", [
         {"pair_id": "p1", "image_a": "badge.jpg", "image_b": "copy.jpg"},

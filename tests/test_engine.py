@@ -47,7 +47,7 @@ def test_wrong_input_shapes_are_refused(engine):
 @pytest.mark.parametrize(
     ("device", "precision", "message"),
     [
-        ("cpu", "fp64", "choose fp32, fp16 or bf16"),
+        ("cpu", "fp64", "choose auto, fp32, fp16 or bf16"),
         ("tpu", "fp32", "is not a device|only cpu and cuda"),
     ],
 )
@@ -100,3 +100,32 @@ def test_batch_buckets_cover_every_size_up_to_the_largest():
     assert batch_buckets(1) == [1]
     assert batch_buckets(64) == [1, 2, 4, 8, 16, 32, 64]
     assert batch_buckets(100) == [1, 2, 4, 8, 16, 32, 64, 100]
+
+
+@pytest.mark.parametrize("mode", ["fused", "compiled"])
+def test_every_inference_mode_computes_what_eager_computes(mode):
+    """FACEQ_INFERENCE: BatchNorm folded, and Inductor on top of it (compiled once per bucket at
+    warm-up); the same embeddings and scores as the network run module by module."""
+    crops = np.random.default_rng(4).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+    eager = Engine(load_model(None, "ir_se_tiny", seed=6), "cpu", "fp32", max_batch=2, inference="eager")
+    other = Engine(load_model(None, "ir_se_tiny", seed=6), "cpu", "fp32", max_batch=2, inference=mode)
+    assert other.info.inference == mode and eager.info.inference == "eager"
+    (want, want_q), (got, got_q) = eager.infer(crops), other.infer(crops)
+    assert (want * got).sum(axis=1).min() >= 0.9999
+    np.testing.assert_allclose(got_q, want_q, rtol=1e-4)
+
+
+def test_cuda_graphs_need_a_gpu_and_unknown_modes_are_refused():
+    with pytest.raises(ModelError, match="FACEQ_INFERENCE=graphs needs a CUDA device"):
+        Engine(load_model(None, "ir_se_tiny"), "cpu", "fp32", max_batch=2, inference="graphs")
+    with pytest.raises(ModelError, match="choose eager, fused, compiled, graphs"):
+        Engine(load_model(None, "ir_se_tiny"), "cpu", "fp32", max_batch=2, inference="turbo")
+
+
+def test_gpu_workers_get_a_decoding_child_per_core_and_cpu_workers_at_most_eight():
+    from workers.runtime import default_decode_processes
+
+    assert default_decode_processes("cuda:0", 16) == 15  # the H200 host: more than 8 when the GPU needs them
+    assert default_decode_processes("cuda:0", 64) == 32
+    assert default_decode_processes("cpu", 16) == 8 and default_decode_processes("cpu", 2) == 2
+    assert default_decode_processes("cuda:0", 1) == default_decode_processes("cpu", 1) == 0

@@ -57,8 +57,10 @@ def _restart_at(stack, job_id: str, phase: str) -> float:
     return time.monotonic()
 
 
+# every phase, and one and two workers at the tail (where the restarts of the issue hurt); each
+# case costs CI about 45 s, so not every product is run: `-k` and a loop run more locally
 @pytest.mark.parametrize(("phase", "workers"), [
-    ("start", 1), ("middle", 2), ("last_chunk", 1), ("last_chunk", 2), ("finalize", 1), ("finalize", 2),
+    ("start", 1), ("middle", 2), ("last_chunk", 2), ("finalize", 1), ("finalize", 2),
 ])
 def test_a_redis_restart_at_any_point_of_a_job_loses_nothing(make_stack, samples, phase, workers):
     root, expected = samples

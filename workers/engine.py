@@ -27,6 +27,7 @@ from faceq.errors import DeviceOutOfMemory, ModelError
 from models.preprocess import normalize_batch
 from models.rts import EMBEDDING_DIM, INPUT_SIZE, embed_and_score
 from models.weights import LoadedModel
+from workers.graph import DEFAULT_INFERENCE, GraphSet, prepare_network, resolve_inference, wrap_forward
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,18 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def default_precision(device: torch.device) -> str:
+    """``auto``: bf16 on a GPU that runs it (cosine ≥ 0.99996 to fp32 on the H200, issue 24), else fp32."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
 def resolve_precision(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        name = default_precision(device)
     if name not in PRECISIONS:
-        raise ModelError(f"FACEQ_PRECISION={name!r}; choose fp32, fp16 or bf16")
+        raise ModelError(f"FACEQ_PRECISION={name!r}; choose auto, fp32, fp16 or bf16")
     if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ModelError(f"FACEQ_PRECISION=bf16: {torch.cuda.get_device_name(device)} cannot run bf16")
     return PRECISIONS[name]
@@ -78,13 +88,17 @@ class EngineInfo:
     warm_memory_bytes: int | None
     warmup_seconds: float
     stand_in: bool = False  # FACEQ_MODEL_ARCH=null: not a model (see models.null)
+    inference: str = DEFAULT_INFERENCE  # eager | fused | compiled | graphs (workers.graph)
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, device: str, precision: str, max_batch: int):
+    def __init__(self, loaded: LoadedModel, device: str, precision: str, max_batch: int,
+                 inference: str = DEFAULT_INFERENCE):
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
-        self.precision = precision
+        self.precision = default_precision(self.device) if precision == "auto" else precision
+        self.inference = "eager" if loaded.stand_in else resolve_inference(inference, self.device)
+        self._graphs: GraphSet | None = None
         self.max_batch = max_batch
         self.model_id = loaded.model_id
         self.random_weights = loaded.random_weights
@@ -98,14 +112,27 @@ class Engine:
             return
         # channels_last on every device: measured on this project's 2-core x86 CPU, 1.2× (IR-SE-64)
         # to 2.4× (tiny) faster than NCHW; on GPUs it is what tensor cores want.
-        self.model = loaded.model.to(self.device, dtype=self.dtype, memory_format=torch.channels_last).eval()
+        network = prepare_network(loaded.model, self.inference)
+        self.model = network.to(self.device, dtype=self.dtype, memory_format=torch.channels_last).eval()
+        self._run = wrap_forward(self._network_forward, self.inference)
         shape = (max_batch, INPUT_SIZE, INPUT_SIZE, 3)
         on_cuda = self.device.type == "cuda"
-        self.buckets = batch_buckets(max_batch) if on_cuda else None  # CPU: no padding, no autotune
+        # CUDA and compiled graphs: fixed shapes (one autotune or compile per bucket, at warm-up);
+        # the eager CPU: no padding
+        static = on_cuda or self.inference in ("compiled", "graphs")
+        self.buckets = batch_buckets(max_batch) if static else None
         self._host = torch.empty(shape, dtype=torch.uint8, pin_memory=on_cuda)
         # on the CPU the host buffer is the model's input: no second copy
         self._device_input = torch.empty(shape, dtype=torch.uint8, device=self.device) if on_cuda else self._host
+        if self.inference == "graphs":
+            with torch.inference_mode():
+                self._graphs = GraphSet(self._run, self._device_input, self.buckets)
         self.info = self._warm_up()
+
+    def _network_forward(self, device_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 NHWC BGR on the device → (embedding, score), fp32."""
+        x = normalize_batch(device_input, self.dtype).contiguous(memory_format=torch.channels_last)
+        return embed_and_score(self.model, x)
 
     def _warm_up(self) -> EngineInfo:
         """One forward per batch bucket (CUDA) or for 1 and the largest batch (CPU), before any task."""
@@ -131,6 +158,7 @@ class Engine:
             warm_memory_bytes=memory,
             warmup_seconds=round(time.perf_counter() - start, 3),
             stand_in=self.stand_in,
+            inference=self.inference,
         )
         log.info("engine warm: %s", info)
         return info
@@ -171,9 +199,12 @@ class Engine:
         with self._lock:
             host = self._host[:n]
             host.copy_(torch.from_numpy(crops))
-            device_input = self._device_input[: self._bucket(n)]  # padding rows are ignored
+            bucket = self._bucket(n)
+            device_input = self._device_input[:bucket]  # padding rows are ignored
             if device_input.data_ptr() != host.data_ptr():
                 device_input[:n].copy_(host, non_blocking=True)
-            x = normalize_batch(device_input, self.dtype).contiguous(memory_format=torch.channels_last)
-            embedding, score = embed_and_score(self.model, x)
+            if self._graphs is not None:
+                embedding, score = self._graphs.replay(bucket)
+            else:
+                embedding, score = self._run(device_input)
             return embedding[:n].cpu().numpy(), score[:n].cpu().numpy()

@@ -92,7 +92,9 @@ def process_chunk(job_id: str, run_id: str, index: int) -> dict:
     if outcome.record is ChunkRecord.COMPLETE:
         _finalize(runtime, job_id, run_id)
     return {"items": outcome.n_items, "errors": outcome.n_errors, "flagged": outcome.n_flagged,
-            "skipped": outcome.skipped}
+            "skipped": outcome.skipped, "random_weights": runtime.engine.random_weights,
+            **({"warning": "PLACEHOLDER: seeded random weights, not face recognition (faceq models fetch)"}
+               if runtime.engine.random_weights else {})}
 
 
 @app.task(name=FINALIZE_JOB)
