@@ -137,17 +137,36 @@ COMPARE_SECTIONS = ("different", "grey_zone", "untrusted", "no_face", "error", "
 AUDIT_SECTIONS = ("error", "no_face", "likely_not_a_face", "low_quality", "multiple_faces")
 
 
+# Jobs without decisions (an archive audit above all; also enrolment and gallery-less check-ins):
+# the photo may be a file in a collection, not a check-in at a device, and "ask for a retake
+# facing the camera" means nothing for a scanned archive or a cat.
+AUDIT_GUIDANCE: dict[str, Guidance] = {
+    "no_face": Guidance(
+        "No face found",
+        "No face could be found in the image (not a portrait, a face too small or turned away, or not a "
+        "person at all).",
+        "Check the image: if a face photo belongs here, replace it with one where the face is clearly visible "
+        "(a check-in or enrolment: ask for a retake); otherwise remove it from the set.",
+        "check / replace"),
+    "likely_not_a_face": Guidance(
+        "Probably not a face",
+        "The score is so low that this is probably not a face at all (an object, an animal, an empty frame).",
+        "Check the image: replace it with a face photo if one belongs here, else remove it from the set.",
+        "check / replace"),
+}
+
+
 def _decision_guidance(decides: str | None) -> dict[str, Guidance]:
-    return {"attendance": DECISION_GUIDANCE, "compare": COMPARE_GUIDANCE}.get(decides or "", {})
+    return {"attendance": DECISION_GUIDANCE, "compare": COMPARE_GUIDANCE}.get(decides or "", AUDIT_GUIDANCE)
 
 
 def section_of(row: dict, decides: str | None) -> str:
     """The review-queue section a flagged row belongs to (a ``same`` pair that is flagged goes
     by its reason: several faces)."""
-    guidance = _decision_guidance(decides)
+    decisions = {"attendance": DECISION_GUIDANCE, "compare": COMPARE_GUIDANCE}.get(decides or "")
     decision = row.get("decision")
-    if guidance and decision and decision != "same":
-        return decision if decision in guidance else "other"
+    if decisions and decision and decision != "same":  # jobs without decisions go by their reasons
+        return decision if decision in decisions else "other"
     reasons = row.get("review_reasons") or []
     for reason in AUDIT_SECTIONS:
         if reason in reasons:

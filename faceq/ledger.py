@@ -76,6 +76,7 @@ class JobProgress:
     created_at: float
     finished_at: float | None
     updated_at: float | None = None  # when a chunk was last recorded (None: none yet)
+    hidden: bool = False  # a one-off call (client.compare / verify): listings skip it unless asked
 
     @property
     def last_activity(self) -> float:
@@ -134,8 +135,9 @@ class Ledger:
         return f"faceq:job:{job_id}{suffix}"
 
     def start(self, job_id: str, run_id: str, kind: str, n_chunks: int, n_items: int,
-              created_at: float | None = None) -> None:
-        """Register a (re-)run of ``job_id``; forgets any earlier run's progress."""
+              created_at: float | None = None, hidden: bool = False) -> None:
+        """Register a (re-)run of ``job_id``; forgets any earlier run's progress. ``hidden``: a
+        one-off call that ``recent_jobs`` lists only when asked."""
         created = created_at or time.time()
         pipe = self.redis.pipeline(transaction=True)
         for suffix in _SUFFIXES:
@@ -143,17 +145,25 @@ class Ledger:
         pipe.hset(self._key(job_id), mapping={
             "run_id": run_id, "kind": kind, "n_chunks": n_chunks, "n_items": n_items,
             "created_at": created, "state": "running",
-            "items_done": 0, "rows": 0, "errors": 0, "flagged": 0,
+            "items_done": 0, "rows": 0, "errors": 0, "flagged": 0, **({"hidden": 1} if hidden else {}),
         })
         pipe.expire(self._key(job_id), self.retention_seconds)
         pipe.zadd(JOBS_INDEX_KEY, {job_id: created})
         pipe.zremrangebyscore(JOBS_INDEX_KEY, 0, time.time() - self.retention_seconds)
         pipe.execute()
 
-    def recent_jobs(self, limit: int = 20) -> list[JobProgress]:
-        """The most recently created jobs Redis still knows, newest first."""
-        ids = self.redis.zrevrange(JOBS_INDEX_KEY, 0, max(limit, 1) - 1)
-        return [p for p in (self.progress(job_id) for job_id in ids) if p is not None]
+    def recent_jobs(self, limit: int = 20, include_hidden: bool = True) -> list[JobProgress]:
+        """The most recently created jobs Redis still knows, newest first (without hidden
+        one-off calls unless ``include_hidden``)."""
+        found: list[JobProgress] = []
+        start, page = 0, max(limit, 1)
+        while len(found) < limit:
+            ids = self.redis.zrevrange(JOBS_INDEX_KEY, start, start + page - 1)
+            if not ids:
+                break
+            found += [p for p in map(self.progress, ids) if p is not None and (include_hidden or not p.hidden)]
+            start += page
+        return found[:max(limit, 1)]
 
     def cancel(self, job_id: str) -> bool:
         """Mark a running job cancelled: workers drop its queued chunks. False if not running."""
@@ -251,4 +261,5 @@ class Ledger:
             created_at=float(meta["created_at"]),
             finished_at=float(meta["finished_at"]) if meta.get("finished_at") else None,
             updated_at=float(meta["updated_at"]) if meta.get("updated_at") else None,
+            hidden=bool(meta.get("hidden")),
         )

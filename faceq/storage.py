@@ -37,7 +37,10 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 
 def file_uri_path(uri: str) -> Path:
     parsed = urlparse(uri)
-    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+    if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):  # file://tmp/x: "tmp" is a host
+        raise ConfigError(f"{uri!r} names the host {parsed.netloc!r}: a local path needs three slashes, "
+                          f"file:///{parsed.netloc}{parsed.path}")
+    if parsed.scheme != "file":
         raise ConfigError(f"not a local file:// URI: {uri!r}")
     return Path(unquote(parsed.path))
 

@@ -399,12 +399,15 @@ def flagged_page(storage: Storage, header: JobHeader, alerted: set[str], section
     return found
 
 
-def _fmt(value) -> str:
-    """A CSV cell: floats to 4 places, times in ISO-8601, ``extra`` as ``key=value; …``."""
+def _fmt(value) -> str | float | int:
+    """A CSV cell: floats to 4 places, times in ISO-8601, ``extra`` as ``key=value; …``. Numbers
+    stay numbers (a negative similarity is data, not a formula: faceq.csvsafe passes them)."""
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return round(value, 4)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, list):

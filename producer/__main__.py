@@ -1,6 +1,9 @@
 """``faceq`` (or ``python -m producer``): submit audit, attendance, enrolment and compare jobs, follow
 them, read their results. Built on the Python client (``from faceq import Client``).
 
+Commands that only read (status, jobs, report, …) give up within seconds when storage or the
+broker does not answer; waiting (wait, --wait, resume) and workers ride out long outages.
+
 Exit codes: 0 done; 1 an error (the job cannot complete, was cancelled, is unknown, or a
 setting is wrong — one line on stderr says which); 2 a malformed command line; 3 Redis lost
 the job's state (``resume JOB_ID`` rebuilds it from storage).
@@ -18,8 +21,11 @@ import unicodedata
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import redis
+
 import faceq
 from faceq import jobs
+from faceq.broker import broker_problem
 from faceq.errors import FaceqError, JobError
 from faceq.heartbeats import read_heartbeats
 from faceq.ledger import JobProgress
@@ -33,11 +39,15 @@ from producer.client import Client, Job
 from producer.progress import JobStateLost, finished_summary, lost_state_message, workers_online
 from producer.report import fetch_report
 from producer.resume import current_header
+from producer.suggest import SuggestingParser
+from producer.tables import jobs_table, status_lines
 
 log = logging.getLogger("producer")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_STATE_LOST = 0, 1, 2, 3
 STATUS_RETRY_SECONDS = 30
+# storage outages a reading command rides out (workers and waiting: FACEQ_STORAGE_RETRY_SECONDS)
+INTERACTIVE_STORAGE_RETRY_SECONDS = 5.0
 _ENV_HELP = ("environment: " + ", ".join(ENV_VARS) + " and the standard AWS_* variables (see the README's "
              "Configuration). {today} and {yesterday} (UTC dates) are replaced in job ids, sources and manifests.")
 
@@ -61,8 +71,8 @@ def _add_wait_options(parser: argparse.ArgumentParser, flag: str | None = None) 
 
 
 def build_parser(prog: str = "faceq") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, epilog=_ENV_HELP,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = SuggestingParser(prog=prog, description=__doc__, epilog=_ENV_HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"faceq {faceq.__version__}")
     parser.add_argument("--broker", help="Redis URL (overrides FACEQ_BROKER_URL)")
     parser.add_argument("--storage", help="file:///abs/dir or s3://bucket/prefix (overrides FACEQ_STORAGE_URL)")
@@ -84,16 +94,19 @@ def build_parser(prog: str = "faceq") -> argparse.ArgumentParser:
                         help="delta enrolment: a new version that adds or replaces only this manifest's employees "
                              "and carries every other employee over unchanged")
     _add_job_options(enroll, default_mode="crop")
-    compare = commands.add_parser("compare", help="decide for each pair of photos whether they show the same person",
+    compare = commands.add_parser("compare", help="are two photos (or each pair of a manifest) the same person?",
                                   epilog=_ENV_HELP)
-    compare.add_argument("manifest", help="CSV (local or s3://): pair_id, image_a, image_b (extra columns are kept)")
+    compare.add_argument("inputs", nargs="+", metavar="MANIFEST | PHOTO_A PHOTO_B",
+                         help="two photos (paths or URIs: waits and prints the result row as JSON), or a CSV "
+                              "(local or s3://): pair_id, image_a, image_b (extra columns are kept)")
     _add_job_options(compare, default_mode="crop")
     report = commands.add_parser("report", help="fetch (or regenerate) a job's report.html")
     report.add_argument("job_id")
     report.add_argument("--out", type=Path, help="where to write it (default: <job_id>.html)")
     report.add_argument("--regenerate", action="store_true", help="render it again from the job's results")
-    status = commands.add_parser("status", help="progress of a job as JSON (with its summary once done)")
+    status = commands.add_parser("status", help="a job's state, progress, counts and outputs")
     status.add_argument("job_id")
+    status.add_argument("--json", action="store_true", help="the full record as JSON (with the summary once done)")
     wait = commands.add_parser("wait", help="wait for a job to finish, with progress")
     wait.add_argument("job_id")
     wait.add_argument("--resume", action="store_true", help="if Redis lost the job's state, resume it from storage")
@@ -104,8 +117,10 @@ def build_parser(prog: str = "faceq") -> argparse.ArgumentParser:
     _add_wait_options(resume_cmd, "--wait")
     cancel = commands.add_parser("cancel", help="cancel a running job (workers drop its queued chunks)")
     cancel.add_argument("job_id")
-    listing = commands.add_parser("jobs", help="recent jobs with their state and progress, as JSON")
+    listing = commands.add_parser("jobs", help="recent jobs: state, progress, counts, age")
     listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--all", action="store_true", help="also the one-off calls (client.compare / verify)")
+    listing.add_argument("--json", action="store_true", help="as JSON, for scripts")
     commands.add_parser("workers", help="live workers from their heartbeats (device, batch settings, images/s)")
     commands.add_parser("galleries", help="enrolment galleries and their versions, as JSON")
     _add_review_commands(commands)
@@ -240,13 +255,13 @@ def _submit(args, client: Client) -> Job:
         return client.audit(expand_dates(args.source), mode=args.mode, job_id=job_id, all_faces=args.all_faces,
                             chunk_size=args.chunk_size, report=not args.no_report, baseline=args.baseline,
                             progress=progress)
-    manifest = expand_dates(args.manifest)
+    manifest = expand_dates(getattr(args, "manifest", None))
     if args.command == "attendance":
         return client.attendance(manifest, gallery=args.gallery, top_k=args.top_k, mode=args.mode, job_id=job_id,
                                  chunk_size=args.chunk_size, report=not args.no_report, progress=progress)
     if args.command == "compare":
-        return client.compare_pairs(manifest, mode=args.mode, job_id=job_id, chunk_size=args.chunk_size,
-                                    report=not args.no_report, progress=progress)
+        return client.compare_pairs(expand_dates(args.inputs[0]), mode=args.mode, job_id=job_id,
+                                    chunk_size=args.chunk_size, report=not args.no_report, progress=progress)
     return client.enroll(manifest, gallery=args.gallery, mode=args.mode, job_id=job_id, progress=progress,
                          update=args.update)
 
@@ -258,8 +273,11 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "models":  # no broker, no storage: the first thing a new user runs
         return models_command.run(args)
     # submitting checks the broker before writing anything; following a job rides out outages
-    client = Client.from_env(broker=args.broker, storage=args.storage, check=args.command in SUBMIT_COMMANDS)
+    client = Client(_settings(args), broker=args.broker, storage=args.storage,
+                    check=args.command in SUBMIT_COMMANDS)
     storage = client.storage
+    if args.command == "compare" and len(args.inputs) != 1:
+        return _compare_two(args, client)
     if args.command in SUBMIT_COMMANDS:
         job = _submit(args, client)
         header = client.header(job.job_id)
@@ -276,7 +294,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"job {args.job_id} cancelled: workers drop its queued chunks")
         return EXIT_OK
     if args.command == "jobs":
-        print(json.dumps([_progress_json(p) for p in client.jobs(args.limit)], indent=2))
+        listing = client.jobs(args.limit, include_one_off=args.all)
+        print(json.dumps([_progress_json(p) for p in listing], indent=2) if args.json else jobs_table(listing))
         return EXIT_OK
     if args.command == "workers":
         print(json.dumps(read_heartbeats(client.ledger.redis), indent=2))
@@ -291,7 +310,34 @@ def run(args: argparse.Namespace) -> int:
         out.write_bytes(fetch_report(storage, args.job_id, regenerate=args.regenerate))
         print(f"wrote {out}")
         return EXIT_OK
-    return _status(client, args.job_id)
+    return _status(client, args.job_id, args.json)
+
+
+def _settings(args) -> Settings:
+    """The environment's settings; a command that only reads gives up on storage within seconds."""
+    settings = Settings.from_env()
+    if not _only_reads(args):
+        return settings
+    return dataclasses.replace(settings, storage_retry_seconds=min(settings.storage_retry_seconds,
+                                                                   INTERACTIVE_STORAGE_RETRY_SECONDS))
+
+
+def _only_reads(args) -> bool:
+    """A command a person types and reads at once (not one that submits, waits or resumes)."""
+    return not (args.command in (*SUBMIT_COMMANDS, "wait", "resume", "models") or getattr(args, "wait", False))
+
+
+def _compare_two(args, client: Client) -> int:
+    """``faceq compare a.jpg b.jpg``: one pair, waited for, its row printed (as ``client.compare``)."""
+    if len(args.inputs) != 2:
+        raise JobError(f"compare takes a manifest or two photos, not {len(args.inputs)} arguments")
+    row = client.compare(*(expand_dates(path) for path in args.inputs), mode=args.mode,
+                         timeout=args.timeout or 120)
+    shown = {key: value for key, value in row.items() if key not in ("embedding", "embedding_b")}
+    print(json.dumps(shown, indent=2, default=str))
+    if row.get("warning"):
+        print(f"warning: {row['warning']}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _review_command(args, client: Client) -> int:
@@ -346,7 +392,7 @@ def _resume(args, client: Client) -> int:
     return _wait(args, client, Job(client, args.job_id)) if args.wait else EXIT_OK
 
 
-def _status(client: Client, job_id: str) -> int:
+def _status(client: Client, job_id: str, as_json: bool = False) -> int:
     def notify(state) -> None:
         print(f"broker {redact_url(client.settings.broker_url)} unreachable; retrying", file=sys.stderr)
 
@@ -362,7 +408,10 @@ def _status(client: Client, job_id: str) -> int:
                                                        "note": "finished; Redis has forgotten it (retention)"}
     warning = warning_for(summary["model_ids"]) if summary else None
     flags = {"random_weights": any(is_random(m) for m in summary["model_ids"]), "warning": warning} if warning else {}
-    print(json.dumps({**state, **flags, "summary": summary}, indent=2))
+    if as_json:
+        print(json.dumps({**state, **flags, "summary": summary}, indent=2))
+    else:
+        print("\n".join(status_lines(job_id, progress, summary, client.storage.uri, warning)))
     return EXIT_OK
 
 
@@ -370,6 +419,9 @@ def main(argv: list[str] | None = None, prog: str = "faceq") -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     install_log_redaction()
     args = build_parser(prog).parse_args(argv)
+    if _only_reads(args):  # its answer, or one line why not: no retry chatter (faceq.retry) on the way
+        logging.getLogger().setLevel(logging.WARNING)
+        logging.getLogger("faceq.retry").setLevel(logging.ERROR)
     for flag, name in ((args.broker, "FACEQ_BROKER_URL"), (args.storage, "FACEQ_STORAGE_URL")):
         if flag:  # the Celery app (pings, Flower names) reads the environment too
             os.environ[name] = flag
@@ -383,8 +435,18 @@ def main(argv: list[str] | None = None, prog: str = "faceq") -> int:
         return EXIT_ERROR
     except REDIS_ERRORS as exc:
         print(f"error: the broker is unreachable ({redact_text(str(exc))}); is Redis running at "
-              f"{redact_url(args.broker or Settings.from_env().broker_url)}?", file=sys.stderr)
+              f"{redact_url(_broker_url(args))}?", file=sys.stderr)
         return EXIT_ERROR
+    except redis.RedisError as exc:  # a database that does not exist, refused credentials, …
+        print(f"error: {broker_problem(exc, _broker_url(args))}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _broker_url(args) -> str:
+    try:
+        return args.broker or Settings.from_env().broker_url
+    except FaceqError:
+        return os.environ.get("FACEQ_BROKER_URL", "?")
 
 
 if __name__ == "__main__":

@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 import pyarrow as pa
+import redis
 
 from faceq import jobs
 from faceq.allow import AllowedSources, is_uri
+from faceq.broker import broker_problem, check_broker_url
 from faceq.errors import ConfigError, JobError
 from faceq.gallery import GalleryStore
 from faceq.heartbeats import read_heartbeats
@@ -38,13 +40,13 @@ from faceq.placeholder import marked
 from faceq.ledger import JobProgress, Ledger
 from faceq.redact import redact_url
 from faceq.results import read_parquet
-from faceq.retry import REDIS_ERRORS
 from faceq.settings import Settings
 from faceq.storage import Storage, canonical_storage_url
 from producer import sources
 from producer.progress import finished_summary, wait_for_job
 from producer.resume import current_header, resume
 from producer.submit import JobOptions, new_job_id, submit
+from producer.workermodes import mode_refusal
 
 
 @dataclass
@@ -107,27 +109,30 @@ class Job:
 
 
 class Client:
-    def __init__(self, settings: Settings, check: bool = True):
-        self.settings = settings
-        self.storage: Storage = settings.open_storage()
-        self.ledger: Ledger = settings.open_ledger()
+    """``Client()`` reads the environment; ``Client(broker=…, storage=…)`` overrides
+    FACEQ_BROKER_URL / FACEQ_STORAGE_URL; ``Client(settings)`` takes a whole ``Settings``."""
+
+    def __init__(self, settings: Settings | None = None, check: bool = True, *, broker: str | None = None,
+                 storage: str | None = None):
+        settings = settings or Settings.from_env()
+        self.settings = replace(settings, broker_url=broker or settings.broker_url,
+                                storage_url=storage or settings.storage_url)
+        check_broker_url(self.settings.broker_url)  # a wrong scheme is one line, not a redis-py traceback
+        self.storage: Storage = self.settings.open_storage()
+        self.ledger: Ledger = self.settings.open_ledger()
         if check:
             self.check_broker()
 
     @classmethod
     def from_env(cls, broker: str | None = None, storage: str | None = None, check: bool = True) -> "Client":
         """Settings from the environment; ``broker`` / ``storage`` override FACEQ_BROKER_URL / FACEQ_STORAGE_URL."""
-        settings = Settings.from_env()
-        settings = replace(settings, broker_url=broker or settings.broker_url,
-                           storage_url=storage or settings.storage_url)
-        return cls(settings, check=check)
+        return cls(Settings.from_env(), check=check, broker=broker, storage=storage)
 
     def check_broker(self) -> None:
         try:
             self.ledger.redis.ping()
-        except REDIS_ERRORS as exc:
-            raise ConfigError(f"the broker at {redact_url(self.settings.broker_url)} does not answer "
-                              f"({type(exc).__name__}); check FACEQ_BROKER_URL and that Redis runs") from None
+        except redis.RedisError as exc:
+            raise ConfigError(broker_problem(exc, self.settings.broker_url)) from None
 
     def check_workers_storage(self) -> None:
         """Refuse to submit when the live workers read another storage than this client writes."""
@@ -137,12 +142,19 @@ class Client:
             raise ConfigError(f"this producer writes to {redact_url(mine)} but the live workers read "
                               f"{', '.join(sorted(theirs))}: set FACEQ_STORAGE_URL to the same storage on both sides")
 
+    def check_workers_modes(self, mode: str) -> None:
+        """Refuse to submit a ``mode`` job that no live worker serves (FACEQ_MODES on the workers)."""
+        refusal = mode_refusal(mode, read_heartbeats(self.ledger.redis))
+        if refusal:
+            raise ConfigError(refusal)
+
     # -- submitting -------------------------------------------------------------------------
 
     def _submit(self, items: Iterable, source: str, roots: tuple[str, ...], job_id: str | None,
                 options: JobOptions, progress: bool) -> Job:
         job_id = jobs.validate_job_id(job_id or new_job_id(options.kind))
         self.check_workers_storage()
+        self.check_workers_modes(options.mode)
         submit(self.settings, self.storage, self.ledger, items=items, source=source, job_id=job_id, options=options,
                allowed_sources=roots, progress=progress)
         return Job(self, job_id)
@@ -208,14 +220,16 @@ class Client:
         items = read(manifest, allowed, s3_endpoint_url=self.settings.s3_endpoint_url)
         return self._submit(items, manifest, roots, job_id, options, progress)
 
-    def image(self, image: str | Path | bytes, *, mode: str = "crop", job_id: str | None = None, **fields: str) -> Job:
+    def image(self, image: str | Path | bytes, *, mode: str = "crop", job_id: str | None = None,
+              one_off: bool = False, **fields: str) -> Job:
         """A one-image job (the worker still batches it with other jobs' images). Bytes are
-        uploaded to storage first."""
+        uploaded to storage first. ``one_off``: hidden from ``faceq jobs`` unless ``--all``."""
         job_id = jobs.validate_job_id(job_id or new_job_id("image"))
         uri = self._image_uri(image, job_id)
         row = {"record_id": fields.pop("record_id", "image"), "employee_id": fields.pop("employee_id", "-"),
                "image": uri, "device_id": fields.pop("device_id", ""), "captured_at": fields.pop("captured_at", "")}
-        options = JobOptions("attendance", mode=mode, report=False, gallery=fields.pop("gallery", None))
+        options = JobOptions("attendance", mode=mode, report=False, gallery=fields.pop("gallery", None),
+                             one_off=one_off)
         return self._manifest_job([row], options, job_id, progress=False, extra_roots=(uri,))
 
     def _image_uri(self, image: str | Path | bytes, job_id: str) -> str:
@@ -231,25 +245,27 @@ class Client:
     def verify(self, image: str | Path | bytes, employee_id: str, gallery: str, *, mode: str = "crop",
                timeout: float = 60, **fields: str) -> dict:
         """Kiosk-style 1:1 check: one photo against the claimed employee; returns the result row
-        (decision, similarity, quality, review reasons, best 1:N candidate), with ``random_weights``
-        and ``warning`` (None unless a placeholder model made it: then do not act on it)."""
-        job = self.image(image, mode=mode, employee_id=employee_id, gallery=gallery, **fields)
+        (decision, similarity, quality, review reasons, best 1:N candidate, ``embedding``), with
+        ``random_weights`` and ``warning`` (None unless a placeholder model made it: then do not act
+        on it). The job is a one-off: ``faceq jobs`` lists it only with ``--all``."""
+        job = self.image(image, mode=mode, employee_id=employee_id, gallery=gallery, one_off=True, **fields)
         job.wait(timeout=timeout)
-        (row,) = [r for r in job.results().drop_columns(["embedding"]).to_pylist()][:1]
+        (row,) = job.results().to_pylist()[:1]
         return marked(row)
 
     def compare(self, image_a: str | Path | bytes, image_b: str | Path | bytes, *, mode: str = "crop",
                 timeout: float = 60, **fields: str) -> dict:
         """The seed's compare: two photos in, one row out (decision, similarity, both qualities,
-        face counts and boxes, review reasons, ``random_weights`` and ``warning`` as for ``verify``).
-        Paths, URIs or bytes."""
+        face counts and boxes, review reasons, both embeddings ``embedding`` / ``embedding_b``,
+        ``random_weights`` and ``warning`` as for ``verify``). Paths, URIs or bytes. A one-off job,
+        as for ``verify``."""
         job_id = jobs.validate_job_id(new_job_id("compare"))
         uri_a, uri_b = self._image_uri(image_a, job_id), self._image_uri(image_b, job_id)
         row = {"pair_id": fields.pop("pair_id", "pair"), "image_a": uri_a, "image_b": uri_b, **fields}
-        job = self._manifest_job([row], JobOptions("compare", mode=mode, report=False), job_id, progress=False,
-                                 extra_roots=(uri_a, uri_b))
+        job = self._manifest_job([row], JobOptions("compare", mode=mode, report=False, one_off=True), job_id,
+                                 progress=False, extra_roots=(uri_a, uri_b))
         job.wait(timeout=timeout)
-        (row,) = job.results().drop_columns(["embedding", "embedding_b"]).to_pylist()
+        (row,) = job.results().to_pylist()
         return marked(row)
 
     # -- reading ----------------------------------------------------------------------------
@@ -261,9 +277,10 @@ class Client:
                            f"{redact_url(self.storage.url)}")
         return Job(self, job_id)
 
-    def jobs(self, limit: int = 20) -> list[JobProgress]:
-        """Recent jobs Redis knows (within the ledger retention), newest first."""
-        return self.ledger.recent_jobs(limit)
+    def jobs(self, limit: int = 20, include_one_off: bool = False) -> list[JobProgress]:
+        """Recent jobs Redis knows (within the ledger retention), newest first; one-off
+        ``compare`` / ``verify`` calls only with ``include_one_off``."""
+        return self.ledger.recent_jobs(limit, include_hidden=include_one_off)
 
     def galleries(self) -> dict[str, list[int]]:
         """Every gallery in storage and its versions."""

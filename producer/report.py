@@ -10,12 +10,17 @@ from faceq import jobs
 from faceq.errors import JobError
 from faceq.jobs import JobHeader
 from faceq.report import render_report
+from faceq.redact import redact_url
 from faceq.storage import Storage
 from faceq.summary import write_review
+from producer.resume import current_header
 
 
 def fetch_report(storage: Storage, job_id: str, regenerate: bool = False) -> bytes:
+    jobs.validate_job_id(job_id)
     if not storage.exists(jobs.summary_key(job_id)):
+        if current_header(storage, job_id) is None:  # as `faceq status` says it
+            raise JobError(f"no job {job_id!r} in {redact_url(storage.url)}")
         raise JobError(f"job {job_id} has no summary in {storage.url} yet: is it finished? (python -m producer wait)")
     summary = json.loads(storage.get_bytes(jobs.summary_key(job_id)))
     key = summary["outputs"]["report"]

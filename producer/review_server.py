@@ -119,22 +119,44 @@ class ReviewServer:
     def _photo_link(self, row: dict) -> str:
         return f"/{self.token}/photo?item={quote(row['item_id'], safe='')}&face={row.get('face_index') or 0}"
 
-    def _form(self, back: str):
+    def _reviewed(self) -> dict[str, dict]:
+        """item id → its newest verdict (read at each page: another reviewer's clicks show too)."""
+        return {str(v["item_id"]): v for v in self.job.verdicts(latest=True)}
+
+    def _progress(self, reviewed: dict[str, dict]) -> str:
+        """``3 of 5 reviewed``: the queue's items with a verdict (verdicts only come from it)."""
+        total = sum(self.queue.counts.values())
+        done = min(len(reviewed), total)
+        return (f"<p class='review-progress'><strong>{done} of {total} reviewed</strong>"
+                f"<progress max='{total}' value='{done}'></progress></p>")
+
+    def _form(self, back: str, reviewed: dict[str, dict] | None = None):
+        reviewed = reviewed or {}
+
         def form(row: dict, anchor: str) -> str:
             e = lambda v: html.escape(str(v), quote=True)  # noqa: E731
-            buttons = "".join(f"<button type='submit' name='verdict' value='{v}'>{label}</button> " for v, label in
-                              (("confirmed", "Confirm"), ("rejected", "Reject"), ("retake", "Retake")))
-            return (f"<form class='verdict-form' method='post' action='/{self.token}/verdict'>"
+            # one group that never wraps apart: a misclick lands on a neighbour, not a stray field
+            buttons = "<span class='verdict-buttons'>" + " ".join(
+                f"<button type='submit' name='verdict' value='{v}'>{label}</button>" for v, label in
+                (("confirmed", "Confirm"), ("rejected", "Reject"), ("retake", "Retake"))) + "</span>"
+            done = reviewed.get(str(row["item_id"]))
+            mark = (f"<p class='reviewed'>✓ reviewed: {e(done['verdict'])} by {e(done.get('reviewer') or '—')}"
+                    + (f" — {e(done['note'])}" if done.get("note") else "") + " (a new verdict replaces it)</p>"
+                    if done else "")
+            return (f"{mark}<form class='verdict-form' method='post' action='/{self.token}/verdict'>"
                     f"<input type='hidden' name='item_id' value='{e(row['item_id'])}'>"
                     f"<input type='hidden' name='back' value='{e(back)}'><input type='hidden' name='anchor' "
-                    f"value='{e(anchor)}'><input name='note' placeholder='note (optional)' maxlength='2000' size='28'> "
-                    f"<input name='reviewer' value='{e(self.reviewer)}' maxlength='128' size='10' "
-                    f"aria-label='reviewer'> {buttons}</form>")
+                    f"value='{e(anchor)}'>{buttons} <input name='note' placeholder='note (optional)' "
+                    f"maxlength='2000' size='28'> <input name='reviewer' value='{e(self.reviewer)}' maxlength='128' "
+                    f"size='10' aria-label='reviewer'></form>")
         return form
 
     def _page(self, title: str, body: str) -> str:
         return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-                f"<style>{_CSS} form.verdict-form{{margin-top:6px}}</style></head><body>{body}</body></html>")
+                f"<style>{_CSS} form.verdict-form{{margin-top:6px}} .verdict-buttons{{white-space:nowrap;"
+                f"display:inline-block;margin-right:8px}} .verdict-buttons button{{min-width:5em}} "
+                f"p.reviewed{{color:#1a7f37;font-weight:600;margin:6px 0 0}} "
+                f"progress{{margin-left:10px;vertical-align:middle}}</style></head><body>{body}</body></html>")
 
     def _section_note(self, section: str, count: int, listed: int) -> str:
         if count <= listed:
@@ -144,14 +166,15 @@ class ReviewServer:
 
     def overview(self) -> str:
         self._remember(self.queue)
+        reviewed = self._reviewed()
         job = html.escape(self.summary["job_id"])
         intro = (f"<p>{sum(self.queue.counts.values())} item(s) to review, most urgent first. Record a verdict "
                  f"with the buttons; it is stored with the job and shown beside the employee's later flags.</p>")
         body = (f"<h1>Review: {self.summary['kind']} job <code>{job}</code></h1><p class='muted'>gallery "
                 f"{html.escape(str(self.summary.get('gallery') or '—'))} · reviewer "
-                f"{html.escape(self.reviewer)}</p>" + placeholder_banner(self.summary)
+                f"{html.escape(self.reviewer)}</p>" + self._progress(reviewed) + placeholder_banner(self.summary)
                 + render_review_queue(self.summary, self.queue, self.storage, self.header.decides,
-                                      photo_link=self._photo_link, row_extra=self._form(""),
+                                      photo_link=self._photo_link, row_extra=self._form("", reviewed),
                                       section_note=self._section_note, intro=intro))
         return self._page(f"review {self.summary['job_id']}", body)
 
@@ -175,10 +198,12 @@ class ReviewServer:
         if page < pages:
             nav.append(f"<a class='next' href='/{self.token}/section/{section}?page={page + 1}'>next →</a>")
         note = lambda *_: f"items {start + 1}–{start + len(rows)} of {count} · " + " · ".join(nav)  # noqa: E731
+        reviewed = self._reviewed()
         body = (f"<h1>{html.escape(guidance_for(section).title)} — page {page} of {pages}</h1>"
-                + placeholder_banner(self.summary) + render_review_queue(self.summary, queue, self.storage, self.header.decides,
+                + self._progress(reviewed) + placeholder_banner(self.summary)
+                + render_review_queue(self.summary, queue, self.storage, self.header.decides,
                                       photo_link=self._photo_link,
-                                      row_extra=self._form(f"section/{section}?page={page}"),
+                                      row_extra=self._form(f"section/{section}?page={page}", reviewed),
                                       section_note=note, intro=""))
         return self._page(f"review {self.summary['job_id']}: {section} page {page}", body)
 

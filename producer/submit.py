@@ -56,6 +56,7 @@ class JobOptions:
     baseline_job_id: str | None = None
     report: bool = True
     gallery_update: bool = False  # enroll: delta on the current version (faceq enroll --update)
+    one_off: bool = False  # client.compare / verify: hidden from `faceq jobs` unless --all
 
     def validate(self) -> None:
         if self.kind not in jobs.JOB_KINDS:
@@ -192,7 +193,7 @@ def submit(settings: Settings, storage: Storage, ledger: Ledger, *, items: Itera
     """Plan the job from ``items`` (any iterable, consumed once) and enqueue its chunks."""
     header = write_plan(settings, storage, items=items, source=source, job_id=job_id, options=options,
                         allowed_sources=allowed_sources, progress=progress)
-    ledger.start(job_id, header.run_id, header.kind, header.n_chunks, header.n_items)
+    ledger.start(job_id, header.run_id, header.kind, header.n_chunks, header.n_items, hidden=options.one_off)
     enqueue(header, range(header.n_chunks), settings.broker_url)
     log.info("job %s: %d items in %d chunks enqueued", job_id, header.n_items, header.n_chunks)
     return header

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -104,7 +105,8 @@ def test_the_command_line_has_version_help_and_iso_times(stack, client, samples)
     assert "FACEQ_STORAGE_URL" in helped.stdout and "FACEQ_ALLOWED_SOURCES" in helped.stdout
     root, _ = samples
     client.audit(root, mode="crop", job_id="client-iso").wait(timeout=120)
-    listed = subprocess.run([sys.executable, "-m", "producer", "jobs"], capture_output=True, text=True, env=env)
+    listed = subprocess.run([sys.executable, "-m", "producer", "jobs", "--json"], capture_output=True, text=True,
+                            env=env)
     assert listed.returncode == 0 and '"created_at": "20' in listed.stdout and "client-iso" in listed.stdout
 
 
@@ -130,3 +132,22 @@ def test_nightly_dates_are_expanded():
     night = datetime(2026, 3, 1, 2, 0, tzinfo=timezone.utc)
     assert expand_dates("attendance-{yesterday}", night) == "attendance-2026-02-28"
     assert expand_dates("s3://b/checkins/{today}.csv", night) == "s3://b/checkins/2026-03-01.csv"
+
+
+def test_compare_two_photos_on_the_command_line_prints_the_row_and_stays_out_of_listings(stack, client, samples):
+    env, _ = stack
+    root, expected = samples
+    a, b = sorted(root / k for k, v in expected.items() if v == "ok")[:2]
+    done = subprocess.run([sys.executable, "-m", "producer", "compare", str(a), str(b)], capture_output=True,
+                          text=True, env=env, timeout=180)
+    assert done.returncode == 0, done.stderr
+    row = json.loads(done.stdout)
+    assert row["decision"] and row["status"] == "ok" and "embedding" not in row
+    pair = client.compare(a, b)
+    assert_embedding_ok(pair["embedding"])
+    assert_embedding_ok(pair["embedding_b"])
+    listed = subprocess.run([sys.executable, "-m", "producer", "jobs"], capture_output=True, text=True, env=env)
+    assert listed.returncode == 0 and "compare-" not in listed.stdout, listed.stdout
+    every = subprocess.run([sys.executable, "-m", "producer", "jobs", "--all", "--json"], capture_output=True,
+                           text=True, env=env)
+    assert sum(j["kind"] == "compare" and j["hidden"] for j in json.loads(every.stdout)) >= 2

@@ -134,7 +134,8 @@ def test_every_surface_says_placeholder_under_random_weights(tmp_path):
             assert done.returncode == 0, done.stderr
             assert done.stdout.count(RANDOM_WARNING) == 2 and ROUNDED_MEDIAN.search(done.stdout), done.stdout
 
-            status = subprocess.run([sys.executable, "-m", "producer", "status", "placeholder-pairs"], env=env,
+            status = subprocess.run([sys.executable, "-m", "producer", "status", "placeholder-pairs", "--json"],
+                                    env=env,
                                     capture_output=True, text=True, timeout=60)
             state = json.loads(status.stdout)
             assert state["random_weights"] is True and state["warning"] == RANDOM_WARNING

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -329,6 +330,14 @@ def test_the_local_review_page_pages_through_flags_and_records_verdicts(client, 
         assert status == 303 and headers["Location"] == f"{base}section/mismatch?page=2#item-0"
         (latest,) = [v for v in client.job(attendance).verdicts() if v["item_id"] == "r-other-2"]
         assert (latest["verdict"], latest["reviewer"], latest["note"]) == ("rejected", "carol", "that is e1")
+        # back on the page: the item is marked, the queue counts it, its buttons sit in one group
+        page = parse(_http(server, "GET", more)[2].decode())
+        (article,) = page.find_all("article", "item")
+        assert "reviewed: rejected by carol — that is e1" in article.find("p", "reviewed").text()
+        assert len(article.find("span", "verdict-buttons").find_all("button")) == 3
+        progress = page.find("p", "review-progress").text()
+        done, total = map(int, re.search(r"(\d+) of (\d+) reviewed", progress).groups())
+        assert 1 <= done <= total == 4
         # refused: no token, another host, another origin, a malformed form
         assert _http(server, "GET", "/")[0] == 404
         assert _http(server, "GET", base, host="evil.example:80")[0] == 421

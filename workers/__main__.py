@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     hostname = host_format(args.hostname or f"faceq-{args.device.replace(':', '')}@%h")
     logging.basicConfig(level=args.loglevel, format="[%(asctime)s: %(levelname)s/%(name)s] %(message)s")
     install_log_redaction()
+    _check_broker(app.conf.broker_url)
     try:  # load and warm the model before connecting: a worker that cannot serve never starts
         get_runtime(hostname)
     except FaceqError as exc:
@@ -55,6 +56,22 @@ def main(argv: list[str] | None = None) -> None:
               f"({unrecoverable[0]}); exiting 1 so that its supervisor restarts it", file=sys.stderr)
         sys.exit(1)
     sys.exit(code)
+
+
+def _check_broker(url: str) -> None:
+    """One PING before the model loads: a broker URL that can never work (another scheme, a
+    database Redis does not have, refused credentials) stops the worker in one line, exit 2. A
+    broker that is only down yet is waited for, as before (Celery retries on startup)."""
+    from faceq.broker import ping_broker
+    from faceq.errors import ConfigError
+
+    try:
+        ping_broker(url)
+    except ConfigError as exc:
+        if not getattr(exc, "unreachable", False):
+            print(f"error: faceq worker cannot start: {exc}", file=sys.stderr)
+            sys.exit(2)
+        logging.getLogger("workers").warning("%s; loading the model meanwhile (Celery keeps trying)", exc)
 
 
 class _Unrecoverable(logging.Handler):

@@ -28,7 +28,7 @@ import redis
 
 from faceq import jobs
 from faceq.jobs import JobHeader
-from faceq.ledger import ChunkRecord, JobProgress, Ledger
+from faceq.ledger import JOBS_INDEX_KEY, ChunkRecord, JobProgress, Ledger
 from faceq.storage import Storage
 from workers.app import FINALIZE_JOB, PROCESS_CHUNK, send_chunks, send_finalize
 from workers.periodic import Periodic
@@ -106,9 +106,9 @@ class Sweeper(Periodic):
         now = time.time() if now is None else now
         report = SweepReport()
         self._looked_at = {job: at for job, at in self._looked_at.items() if now - at < 10 * self.stall_seconds}
-        stalled = [p for p in self.ledger.recent_jobs(JOB_SCAN)
-                   if p.state == "running" and now - p.last_activity >= self.stall_seconds
-                   and now - self._looked_at.get(p.job_id, 0.0) >= self.stall_seconds]
+        candidates = [job_id for job_id in self._running_and_quiet(now)
+                      if now - self._looked_at.get(job_id, 0.0) >= self.stall_seconds]
+        stalled = [p for p in map(self.ledger.progress, candidates) if p is not None and p.state == "running"]
         if not stalled:
             return report
         messages: set[tuple] | None = None  # read once, only if some chunk has no part
@@ -138,12 +138,26 @@ class Sweeper(Periodic):
                 if lost:
                     send_chunks(header, lost, self.broker_url)
                     report.resent[header.job_id] = lost
-            elif complete or not self.ledger.redis.exists(f"faceq:job:{header.job_id}:finalize"):
+            elif complete or not self.ledger.redis.exists(Ledger._key(header.job_id, ":finalize")):
                 send_finalize(header, self.broker_url)
                 report.finalized.append(header.job_id)
         if report:
             log.warning("sweeper: finished stalled jobs from storage: %s", report)
         return report
+
+    def _running_and_quiet(self, now: float) -> list[str]:
+        """Running jobs among the newest JOB_SCAN with no chunk recorded for ``stall_seconds``
+        (one ZREVRANGE and one pipelined HMGET per sweep, whatever the jobs)."""
+        ids = self.ledger.redis.zrevrange(JOBS_INDEX_KEY, 0, JOB_SCAN - 1)
+        pipe = self.ledger.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(Ledger._key(job_id), "state", "updated_at", "created_at")
+        quiet = []
+        for job_id, (state, updated_at, created_at) in zip(ids, pipe.execute()):
+            last = float(updated_at or created_at or now)
+            if state == "running" and now - last >= self.stall_seconds:
+                quiet.append(job_id)
+        return quiet
 
     def _header(self, progress: JobProgress) -> JobHeader | None:
         try:
