@@ -68,7 +68,10 @@ def _fold_unit(unit: BottleneckIRSE) -> None:
 def fold_batchnorm(model: RTSNet) -> RTSNet:
     """A copy of ``model`` (eval mode) with every foldable BatchNorm folded; same outputs to
     float rounding (tests/test_fuse.py: cosine ≥ 0.99999 against the unfolded network)."""
+    if getattr(model, "batchnorm_folded", False):  # folded already (an engine's model handed on)
+        return model
     folded = copy.deepcopy(model).eval()
+    folded.batchnorm_folded = True
     stem, body, tail = folded.features
     conv, bn, prelu = stem
     folded.features[0] = nn.Sequential(_fold_after_conv(conv, bn), prelu)

@@ -40,3 +40,8 @@ def test_the_folded_network_gives_the_same_embeddings_and_scores(arch):
     assert cosine.min().item() >= 0.99999
     assert torch.allclose(score, score_folded, rtol=1e-4)
     assert batchnorms(model) >= 2 * units + 4  # the original is untouched: it stays the reference
+
+
+def test_folding_a_folded_network_changes_nothing():
+    folded = fold_batchnorm(load_model(None, "ir_se_tiny").model)
+    assert fold_batchnorm(folded) is folded
