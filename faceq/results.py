@@ -42,14 +42,14 @@ BASE_SCHEMA = pa.schema(
         ("source_uri", pa.string()),
         ("status", pa.string()),
         ("error", pa.string()),
-        ("embedding", pa.list_(pa.float32())),  # 512 values or null: see VECTOR_TYPE
+        ("embedding", VECTOR_TYPE),  # 512 values or null
         ("quality", pa.float32()),
         ("needs_review", pa.bool_()),
         ("review_reasons", pa.list_(pa.string())),
         ("face_count", pa.int32()),
         ("face_index", pa.int32()),
-        ("bbox", pa.list_(pa.float32())),  # 4 values or null
-        ("landmarks", pa.list_(pa.float32())),  # 10 values or null
+        ("bbox", VECTOR_TYPE),  # 4 values or null
+        ("landmarks", VECTOR_TYPE),  # 10 values or null
         ("model_id", pa.string()),
         ("processed_at", pa.timestamp("ms", tz="UTC")),
     ]
@@ -106,11 +106,11 @@ VERIFICATION_SCHEMA = pa.schema(
 COMPARE_SCHEMA = pa.schema(
     [
         ("source_uri_b", pa.string()),
-        ("embedding_b", pa.list_(pa.float32())),
+        ("embedding_b", VECTOR_TYPE),
         ("quality_b", pa.float32()),
         ("face_count_b", pa.int32()),
-        ("bbox_b", pa.list_(pa.float32())),
-        ("landmarks_b", pa.list_(pa.float32())),
+        ("bbox_b", VECTOR_TYPE),
+        ("landmarks_b", VECTOR_TYPE),
     ]
 )
 SECOND_IMAGE_FIELD = "image_b"  # compare: the manifest column that becomes source_uri_b

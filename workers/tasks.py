@@ -16,6 +16,7 @@ from celery.signals import after_setup_logger, after_setup_task_logger, celeryd_
 from faceq.errors import FaceqError
 from faceq.jobs import ChunkRef
 from faceq.ledger import ChunkRecord
+from faceq.placeholder import warning_for
 from faceq.redact import install_log_redaction
 from faceq.retry import redis_retry
 from workers.app import FINALIZE_JOB, PROCESS_CHUNK, app
@@ -93,8 +94,7 @@ def process_chunk(job_id: str, run_id: str, index: int) -> dict:
         _finalize(runtime, job_id, run_id)
     return {"items": outcome.n_items, "errors": outcome.n_errors, "flagged": outcome.n_flagged,
             "skipped": outcome.skipped, "random_weights": runtime.engine.random_weights,
-            **({"warning": "PLACEHOLDER: seeded random weights, not face recognition (faceq models fetch)"}
-               if runtime.engine.random_weights else {})}
+            **({"warning": warning} if (warning := warning_for([runtime.engine.model_id])) else {})}
 
 
 @app.task(name=FINALIZE_JOB)
