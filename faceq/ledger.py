@@ -6,6 +6,9 @@
                    cancelled), finished_at and
                    counters items_done, rows, errors, flagged (each chunk counted once)
   ``…:chunks``     hash: chunk index → JSON stats of the finished chunk (idempotent on redelivery)
+  ``…:partial``    hash: chunk index → items of a running chunk with results so far (overwritten,
+                   never added to: a redelivered chunk restarts its own count; dropped when the
+                   chunk is recorded, so each item is counted once)
   ``…:failed``     hash: chunk index → why a chunk gave up (or ``finalize`` → why finalize did)
   ``…:deliveries`` hash: chunk index → how often a worker started it (poison-chunk guard)
   ``…:finalize``   lease of the one worker writing the summary (renewed while it works)
@@ -27,9 +30,9 @@ import redis
 
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
 JOBS_INDEX_KEY = "faceq:jobs"
-_SUFFIXES = ("", ":chunks", ":failed", ":deliveries", ":finalize")
+_SUFFIXES = ("", ":chunks", ":failed", ":deliveries", ":finalize", ":partial")
 
-# KEYS: meta, chunks, failed  ARGV: run_id, index, stats json, n_items, n_rows, n_errors, n_flagged, ttl, now
+# KEYS: meta, chunks, failed, partial  ARGV: run_id, index, stats json, n_items, n_rows, n_errors, n_flagged, ttl, now
 _RECORD_CHUNK = """
 if redis.call('HGET', KEYS[1], 'run_id') ~= ARGV[1] then return -1 end
 if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 1 then
@@ -40,9 +43,19 @@ if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 1 then
   redis.call('HINCRBY', KEYS[1], 'flagged', ARGV[7])
 end
 redis.call('HDEL', KEYS[3], ARGV[2])
+redis.call('HDEL', KEYS[4], ARGV[2])
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[8]) end
 if redis.call('HLEN', KEYS[2]) >= tonumber(redis.call('HGET', KEYS[1], 'n_chunks')) then return 1 end
 return 0
+"""
+# KEYS: meta, chunks, partial  ARGV: run_id, index, items done, ttl
+# (a late report of a chunk already recorded, or of an older run, is ignored)
+_CHUNK_PROGRESS = """
+if redis.call('HGET', KEYS[1], 'run_id') ~= ARGV[1] then return 0 end
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+return 1
 """
 _RENEW_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
@@ -69,7 +82,7 @@ class JobProgress:
     n_chunks: int
     n_items: int
     chunks_done: int
-    items_done: int
+    items_done: int  # of recorded chunks, plus the items of running chunks with results so far
     errors: int
     flagged: int
     failed: dict[str, str]  # chunk index (or "finalize") → reason
@@ -120,6 +133,7 @@ class Ledger:
         self.redis = client
         self.retention_seconds = retention_seconds
         self._record_chunk = client.register_script(_RECORD_CHUNK)
+        self._chunk_progress = client.register_script(_CHUNK_PROGRESS)
         self._renew_lease = client.register_script(_RENEW_LEASE)
         self._release_lease = client.register_script(_RELEASE_LEASE)
 
@@ -172,10 +186,17 @@ class Ledger:
         return bool(self.redis.eval(script, 1, self._key(job_id), time.time()))
 
     def record_chunk(self, job_id: str, run_id: str, index: int, stats: dict) -> ChunkRecord:
-        keys = [self._key(job_id), self._key(job_id, ":chunks"), self._key(job_id, ":failed")]
+        keys = [self._key(job_id), self._key(job_id, ":chunks"), self._key(job_id, ":failed"),
+                self._key(job_id, ":partial")]
         args = [run_id, index, json.dumps(stats), stats["n_items"], stats.get("n_rows", 0), stats.get("n_errors", 0),
                 stats.get("n_flagged", 0), self.retention_seconds, time.time()]
         return ChunkRecord(int(self._record_chunk(keys=keys, args=args)))
+
+    def chunk_progress(self, job_id: str, run_id: str, index: int, items_done: int) -> bool:
+        """How many items of a running chunk have their results so far (its latest count
+        replaces the previous one). False if the chunk is already recorded or the run is stale."""
+        keys = [self._key(job_id), self._key(job_id, ":chunks"), self._key(job_id, ":partial")]
+        return bool(self._chunk_progress(keys=keys, args=[run_id, index, items_done, self.retention_seconds]))
 
     def recorded_chunks(self, job_id: str) -> set[int]:
         """Indices of the chunks the ledger has recorded for the job's current run."""
@@ -243,7 +264,8 @@ class Ledger:
         pipe.hgetall(self._key(job_id))
         pipe.hlen(self._key(job_id, ":chunks"))
         pipe.hgetall(self._key(job_id, ":failed"))
-        meta, chunks_done, failed = pipe.execute()
+        pipe.hvals(self._key(job_id, ":partial"))
+        meta, chunks_done, failed, partial = pipe.execute()
         if not meta:
             return None
         return JobProgress(
@@ -254,7 +276,7 @@ class Ledger:
             n_chunks=int(meta["n_chunks"]),
             n_items=int(meta["n_items"]),
             chunks_done=int(chunks_done),
-            items_done=int(meta.get("items_done", 0)),
+            items_done=min(int(meta.get("items_done", 0)) + sum(map(int, partial)), int(meta["n_items"])),
             errors=int(meta.get("errors", 0)),
             flagged=int(meta.get("flagged", 0)),
             failed=dict(failed),

@@ -15,6 +15,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -71,16 +72,32 @@ class MicroBatcher:
 
     def submit(self, crops: np.ndarray) -> Future:
         """Queue (N, 112, 112, 3) uint8 crops; the future gives (embeddings, quality) for them."""
-        future: Future = Future()
-        if len(crops) == 0:
-            future.set_result((np.empty((0, 512), np.float32), np.empty(0, np.float32)))
-            return future
-        self._queue.put(_Request(crops, future, np.empty((len(crops), 512), np.float32),
-                                 np.empty(len(crops), np.float32)))
-        return future
+        return self._submit(crops).future
 
-    def infer(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.submit(crops).result()
+    def _submit(self, crops: np.ndarray) -> _Request:
+        request = _Request(crops, Future(), np.empty((len(crops), 512), np.float32), np.empty(len(crops), np.float32))
+        if len(crops) == 0:
+            request.future.set_result((request.embeddings, request.quality))
+        else:
+            self._queue.put(request)
+        return request
+
+    def infer(self, crops: np.ndarray, on_progress: Callable[[int], None] | None = None,
+              every: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings, quality) of ``crops``. ``on_progress(n)``: called from the caller's thread
+        at most every ``every`` seconds while it waits, with how many crops have results so far
+        (the loop thread that owns the device never waits on it)."""
+        request = self._submit(crops)
+        if on_progress is None:
+            return request.future.result()
+        reported = 0
+        while True:
+            try:
+                return request.future.result(timeout=every)
+            except FutureTimeout:
+                if request.done != reported:
+                    reported = request.done
+                    on_progress(reported)
 
     def close(self) -> None:
         self._queue.put(None)

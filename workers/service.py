@@ -13,6 +13,7 @@ skipped; a part is rewritten under the same name), poison chunks (recorded as fa
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import threading
@@ -54,6 +55,7 @@ from workers.stage_cpu import StageCPU, clock
 
 log = logging.getLogger(__name__)
 
+Progress = Callable[[int], None]  # told how many items of a chunk have their results so far
 FINALIZE_LEASE_SECONDS = 30  # renewed every third of this while finalize runs
 
 
@@ -125,6 +127,7 @@ class ChunkProcessor:
         self.detector = detector
         self.crop_pool = crop_pool  # crop mode's local items read by child processes (workers.crop_pool)
         # with a batcher, this chunk's crops share device batches with other tasks' crops
+        self._batcher = batcher
         self._infer = (batcher.infer if batcher is not None
                        else self.metrics.direct_infer(engine.infer, getattr(engine, "max_batch", None)))
         self.galleries = galleries or GalleryCache(GalleryStore(storage), engine.device)
@@ -255,31 +258,33 @@ class ChunkProcessor:
             return self.settings.io_threads
         return max(1, min(self.settings.io_threads, usable_cores()))
 
-    def rows(self, header: JobHeader, items: list[Item]) -> list[ItemResult]:
+    def rows(self, header: JobHeader, items: list[Item], progress: Progress | None = None) -> list[ItemResult]:
         """Rows in item order: one per item (its largest face, ``no_face`` or ``error``), or
         one per usable face with ``all_faces``; attendance rows carry the decision against
-        the gallery, compare rows (one per pair) the decision on their two photos."""
+        the gallery, compare rows (one per pair) the decision on their two photos.
+        ``progress(n)``: told now and then how many items have their results so far."""
         if header.kind == "compare":
-            return self._compare_rows(header, items)
-        rows = self._image_rows(header, items)
+            return self._compare_rows(header, items, progress)
+        rows = self._image_rows(header, items, progress)
         if header.verifies:
             self._verify(header, rows)
         return rows
 
-    def _image_rows(self, header: JobHeader, items: list[Item]) -> list[ItemResult]:
+    def _image_rows(self, header: JobHeader, items: list[Item], progress: Progress | None = None
+                    ) -> list[ItemResult]:
         if header.mode == "detect" and self.detector is None:
             raise ModelError(f"job {header.job_id} asks for detect mode but this worker has no detector. {YUNET_HELP}")
         if header.mode != "crop":
-            return self._rows_of(header, items, None, None)
+            return self._rows_of(header, items, None, None, progress)
         # crop mode: every crop is written into its row of one batch, so no per-crop array is
         # allocated and nothing is stacked before the device; with a crop pool the batch is in
         # shared memory and its children write the local items' crops
         with self.crop_pool.batch(len(items)) if self.crop_pool else nullcontext() as shared:
             batch = np.empty((len(items), INPUT_SIZE, INPUT_SIZE, 3), np.uint8) if shared is None else shared.crops
-            return self._rows_of(header, items, batch, shared)
+            return self._rows_of(header, items, batch, shared, progress)
 
-    def _rows_of(self, header: JobHeader, items: list[Item], batch: np.ndarray | None, shared: SharedBatch | None
-                 ) -> list[ItemResult]:
+    def _rows_of(self, header: JobHeader, items: list[Item], batch: np.ndarray | None, shared: SharedBatch | None,
+                 progress: Progress | None = None) -> list[ItemResult]:
         with self.metrics.stage("prepare"):
             prepared = self._prepare_all(items, header.mode, self.allowed_sources(header), batch, shared)
         rows_started = clock()
@@ -289,6 +294,9 @@ class ChunkProcessor:
             if isinstance(outcome, PreparedImage)
             for face in outcome.faces[: None if header.all_faces else 1]
         ]
+        faces_of_item: dict[int, list[int]] = {}
+        for position, (i, _) in enumerate(faces):
+            faces_of_item.setdefault(i, []).append(position)
         embeddings, quality = (None, None)
         if faces:
             with self.metrics.stage("device"):
@@ -296,10 +304,7 @@ class ChunkProcessor:
                     crops = np.stack([face.pixels for _, face in faces])
                 else:
                     crops = batch if len(faces) == len(items) else batch[[i for i, _ in faces]]
-                embeddings, quality = self._infer(crops)
-        faces_of_item: dict[int, list[int]] = {}
-        for position, (i, _) in enumerate(faces):
-            faces_of_item.setdefault(i, []).append(position)
+                embeddings, quality = self._infer_reporting(crops, _items_done(len(items), faces_of_item, progress))
         now = datetime.now(timezone.utc)
         rows = []
         for i, (item, outcome) in enumerate(zip(items, prepared)):
@@ -323,14 +328,17 @@ class ChunkProcessor:
         self.cpu.add("rows", clock() - rows_started)
         return rows
 
-    def _compare_rows(self, header: JobHeader, pairs: list[Item]) -> list[ItemResult]:
+    def _compare_rows(self, header: JobHeader, pairs: list[Item], progress: Progress | None = None
+                      ) -> list[ItemResult]:
         """One row per pair. Every distinct photo of the chunk goes through the model once,
-        however many pairs it appears in; its largest face is the one compared."""
+        however many pairs it appears in; its largest face is the one compared (progress:
+        pairs in proportion to the photos with results)."""
         photos: dict[str, int] = {}
         for pair in pairs:
             photos.setdefault(pair.source_uri, len(photos))
             photos.setdefault(pair.fields.get(SECOND_IMAGE_FIELD, ""), len(photos))  # "": a bad_uri row
-        photo_rows = self._image_rows(header, [Item(uri, uri) for uri in photos])
+        pairs_done = None if progress is None else (lambda n: progress(len(pairs) * n // len(photos)))
+        photo_rows = self._image_rows(header, [Item(uri, uri) for uri in photos], pairs_done)
         rows = []
         for pair in pairs:
             b_uri = pair.fields.get(SECOND_IMAGE_FIELD, "")
@@ -350,6 +358,13 @@ class ChunkProcessor:
                 quality_b=b.quality, face_count_b=b.face_count, bbox_b=b.bbox, landmarks_b=b.landmarks,
             ))
         return rows
+
+    def _infer_reporting(self, crops: np.ndarray, on_progress: Callable[[int], None] | None):
+        """The model on ``crops``; with a batcher, ``on_progress`` hears how many have results
+        while this thread waits (without one, the engine's call is not cut up: no report)."""
+        if self._batcher is None or on_progress is None:
+            return self._infer(crops)
+        return self._batcher.infer(crops, on_progress)
 
     def _verify(self, header: JobHeader, rows: list[ItemResult]) -> None:
         """Attendance: 1:1 decision against the claimed employee, best 1:N candidates."""
@@ -407,7 +422,7 @@ class ChunkProcessor:
             raise GaveUp(f"started {deliveries - 1} times without finishing (the worker died or hung each time: "
                          f"a poison input?); not tried again")
         items = self.items(header, ref.index)
-        rows = self.rows(header, items)
+        rows = self.rows(header, items, self._progress_reporter(ref))
         seconds = time.perf_counter() - start
         stats = {
             "n_items": len(items),
@@ -433,9 +448,34 @@ class ChunkProcessor:
         )
         return ChunkOutcome(record, len(items), stats["n_errors"], stats["n_flagged"], seconds)
 
+    def _progress_reporter(self, ref: ChunkRef) -> Progress:
+        """Items of this chunk with results so far, into the ledger. Best effort and never
+        retried: progress must not slow the chunk down, and recording the chunk counts it whole."""
+
+        def report(items_done: int) -> None:
+            try:
+                self.ledger.chunk_progress(ref.job_id, ref.run_id, ref.index, items_done)
+            except REDIS_ERRORS as exc:
+                log.debug("job %s chunk %d: progress not reported: %s", ref.job_id, ref.index, exc)
+
+        return report
+
     def _record(self, header: JobHeader, index: int, stats: dict) -> ChunkRecord:
         return self._redis(lambda: self.ledger.record_chunk(header.job_id, header.run_id, index, stats),
                            f"job {header.job_id} chunk {index}: recording")
+
+
+def _items_done(n_items: int, faces_of_item: dict[int, list[int]], progress: Progress | None
+                ) -> Callable[[int], None] | None:
+    """``progress`` fed from a count of faces with results: an item is done when all its faces
+    are (items without a face to run are done already, and reported at once)."""
+    if progress is None:
+        return None
+    settled = n_items - len(faces_of_item)
+    last_faces = sorted(positions[-1] for positions in faces_of_item.values())
+    if settled:
+        progress(settled)
+    return lambda faces_done: progress(settled + bisect.bisect_left(last_faces, faces_done))
 
 
 class _LeaseRenewer:
