@@ -489,6 +489,15 @@ def placeholder_banner(summary: dict) -> str:
     return f"<p class='warn placeholder-banner'><b>Not real results.</b> {_e(warning)}</p>" if warning else ""
 
 
+def _rate(timings: dict) -> str:
+    """Items/s, with what it was timed over on hover (a resumed job: not its pause)."""
+    running = timings.get("running_seconds")
+    if running is None:
+        return f"{timings['items_per_second']} items/s"
+    over = f"timed over the {running:g} s its chunks ran; {timings.get('wall_seconds', 0):g} s since it was submitted"
+    return f"<span title='{_e(over)}'>{timings['items_per_second']} items/s</span>"
+
+
 def render_report(summary: dict, flagged, storage: Storage, decides: str | None, *,
                   photo_link: Callable[[dict], str | None] = full_image_link,
                   row_extra: Callable[[dict, str], str] | None = None,
@@ -503,7 +512,7 @@ def render_report(summary: dict, flagged, storage: Storage, decides: str | None,
              f"<p class='muted'>{summary['n_items']} items → {summary['n_rows']} rows · mode {_e(summary['mode'])} · "
              f"source {_e(summary['source'])}" + (f" · gallery {_e(summary['gallery'])}" if summary.get('gallery')
                                                   and isinstance(summary['gallery'], str) else "") +
-             f" · model {_e(', '.join(summary['model_ids']))} · {summary['timings']['items_per_second']} items/s</p>"]
+             f" · model {_e(', '.join(summary['model_ids']))} · {_rate(summary['timings'])}</p>"]
     parts.append(placeholder_banner(summary))
     for warning in summary.get("warnings") or []:
         parts.append(f"<div class='alert job-warning'><b>Warning</b> — {_e(warning)}</div>")

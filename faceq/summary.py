@@ -190,6 +190,7 @@ class JobCounts:
         self.model_ids: set[str] = set()
         self.sources = SourceStats()
         self.chunk_seconds = array("d")  # per chunk that recorded it
+        self.chunk_spans: list[tuple[float, float]] = []  # (started, finished) wall-clock times per chunk
         self.finished_at: float | None = None  # the last chunk's
         self.workers: set[str] = set()
 
@@ -205,10 +206,24 @@ class JobCounts:
         stats = part_stats(table)
         if "seconds" in stats:
             self.chunk_seconds.append(stats["seconds"])
+            if "finished_at" in stats:
+                self.chunk_spans.append((stats["finished_at"] - stats["seconds"], stats["finished_at"]))
         if "finished_at" in stats and (self.finished_at is None or stats["finished_at"] > self.finished_at):
             self.finished_at = stats["finished_at"]
         if "worker" in stats:
             self.workers.add(stats["worker"])
+
+
+def running_seconds(spans: list[tuple[float, float]]) -> float:
+    """Seconds during which at least one chunk was running: the time the job's results took.
+    A job resumed a day after its first attempt failed is not timed over that day, nor over
+    the queue before the first chunk started (``wall_seconds`` is the time since submission)."""
+    total, end = 0.0, float("-inf")
+    for started, finished in sorted(spans):
+        if finished > end:
+            total += finished - max(started, end)
+            end = finished
+    return total
 
 
 def build_summary(header: JobHeader, counts: JobCounts, thresholds: TrustThresholds, baseline: dict | None) -> dict:
@@ -218,6 +233,7 @@ def build_summary(header: JobHeader, counts: JobCounts, thresholds: TrustThresho
     created = datetime.fromisoformat(header.created_at).timestamp()
     finished = counts.finished_at if counts.finished_at is not None else created
     wall = max(finished - created, 1e-9)
+    busy = running_seconds(counts.chunk_spans) or wall
     histogram = quality_histogram(quality)
     summary_counts = {
         "status": dict(sorted(counts.status.items())),
@@ -251,7 +267,8 @@ def build_summary(header: JobHeader, counts: JobCounts, thresholds: TrustThresho
         "thresholds": thresholds.__dict__,
         "timings": {
             "wall_seconds": round(wall, 3),
-            "items_per_second": round(header.n_items / wall, 2),
+            "running_seconds": round(busy, 3),
+            "items_per_second": round(header.n_items / busy, 2),
             "chunk_seconds_p50": round(float(np.median(seconds)), 3) if seconds.size else None,
             "chunk_seconds_max": round(float(seconds.max()), 3) if seconds.size else None,
         },

@@ -195,7 +195,9 @@ def _print_summary(summary: dict, storage: Storage) -> None:
     median = summary["quality"]["median"]
     print(f"  quality:      median {'—' if median is None else f'{median:.2f}'}  "
           f"(model {', '.join(summary['model_ids'])}{', a placeholder' if warning else ''})")
-    print(f"  throughput:   {summary['timings']['items_per_second']} items/s over {summary['timings']['wall_seconds']}s")
+    timings = summary["timings"]
+    print(f"  throughput:   {timings['items_per_second']} items/s over "
+          f"{timings.get('running_seconds', timings['wall_seconds'])}s")
     print(f"  results:      {storage.uri(summary['outputs']['results'])}")
     print(f"  review list:  {storage.uri(summary['outputs']['review'])}")
     print(f"  summary:      {storage.uri(jobs.summary_key(summary['job_id']))}")
