@@ -26,6 +26,7 @@ from typing import Callable
 
 from faceq.placeholder import ITEM_NOTE, is_placeholder, warning_for
 from faceq.storage import Storage
+from faceq.when import time_html
 
 THUMBNAIL_PX = 96  # reference and candidate photos (CSS px)
 CHECKIN_PX = 160  # the check-in photo (CSS px; stored at 1.5× for sharper screens)
@@ -330,23 +331,24 @@ def _item(row: dict, index: int, summary: dict, context: ReviewContext, images: 
         else:
             parts.append("<div class='candidates'><h4>Closest enrolled employees</h4><p class='muted no-candidates'>"
                          "none: there is no usable face to compare</p></div>")
-    facts = []
+    facts = []  # (label, css class, value as HTML)
     if verification or employee:
-        facts += [("Claimed employee" if verification else "Employee", "claimed-employee", employee)]
+        facts += [("Claimed employee" if verification else "Employee", "claimed-employee", _e(employee))]
     if verification or _captured(row):
-        facts += [("Captured", "captured-at", _captured(row))]
-    facts += [("Device" if row.get("device_id") else "Source", "device", source_of(row)),
-              ("Record" if verification else "Pair" if decides == "compare" else "Photo", "item-id", row["item_id"])]
+        facts += [("Captured", "captured-at", time_html(_captured(row)))]
+    facts += [("Device" if row.get("device_id") else "Source", "device", _e(source_of(row))),
+              ("Record" if verification else "Pair" if decides == "compare" else "Photo", "item-id",
+               _e(row["item_id"]))]
     numbers = [f"quality {row['quality']:.3f}"] if row.get("quality") is not None else []
     if decides == "compare":
         numbers = [f"quality A {_score(row.get('quality'))}", f"quality B {_score(row.get('quality_b'))}"]
     if decides:
         numbers = [f"decision {row.get('decision')}"] + (
             [f"similarity {row['similarity']:.3f}"] if row.get("similarity") is not None else []) + numbers
-    facts += [("Result", "result", " · ".join(numbers) or row.get("status"))]
+    facts += [("Result", "result", _e(" · ".join(numbers) or row.get("status")))]
     if row.get("error"):
-        facts += [("Error", "error", row["error"])]
-    details = "<dl class='facts'>" + "".join(f"<dt>{_e(label)}</dt><dd class='{css}'>{_e(value)}</dd>"
+        facts += [("Error", "error", _e(row["error"]))]
+    details = "<dl class='facts'>" + "".join(f"<dt>{_e(label)}</dt><dd class='{css}'>{value}</dd>"
                                              for label, css, value in facts) + "</dl>"
     if is_placeholder(row.get("model_id")):
         details += f"<p class='warn placeholder-item'>{_e(ITEM_NOTE)}</p>"

@@ -98,7 +98,9 @@ def test_every_flagged_check_in_is_in_the_review_queue_with_what_a_reviewer_need
     for item_id, article in articles.items():
         claimed, _, device, captured, decision = CHECKINS[item_id]
         assert article.find("dd", "claimed-employee").text() == claimed
-        assert article.find("dd", "captured-at").text() == captured
+        when = article.find("dd", "captured-at").find("time")  # for people, the ISO form kept on the element
+        assert when.text() == captured.replace("T", " ").replace("Z", " UTC")
+        assert when.attrs["datetime"] == captured.replace("Z", "+00:00")
         assert article.find("dd", "device").text() == device
         assert article.attrs["data-section"] == decision
         assert article.find(cls="reason").text() and article.find(cls="action").text().startswith("What to do:")
