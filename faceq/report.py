@@ -35,6 +35,8 @@ REFERENCE_PHOTOS = 2  # enrolment photos per employee
 EMPLOYEE_ROWS = 50  # employees listed in "By employee"
 MAX_PHOTO_BYTES = 32 << 20
 PHOTO_THREADS = 8
+MANIFEST_FIELDS_SHOWN = 20  # extra manifest columns shown per item (review.csv has them all)
+MANIFEST_VALUE_CHARS = 300
 
 PAGE_CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; "
             "form-action 'none'")
@@ -223,6 +225,14 @@ def _captured(row: dict) -> str:
     return value.isoformat() if hasattr(value, "isoformat") else ("" if value is None else str(value))
 
 
+def manifest_fields(row: dict) -> list[tuple[str, str]]:
+    """The manifest's own columns (``extra``: an ``hr_case`` …), as (name, value), a bounded few."""
+    extra = row.get("extra") or []
+    pairs = extra.items() if isinstance(extra, dict) else extra
+    return [(str(name), "" if value is None else str(value)[:MANIFEST_VALUE_CHARS])
+            for name, value in list(pairs)[:MANIFEST_FIELDS_SHOWN]]
+
+
 def _candidates(row: dict) -> list[tuple[str, float | None]]:
     if row.get("top_k_ids"):
         scores = row.get("top_k_scores") or []
@@ -304,8 +314,10 @@ def _item(row: dict, index: int, summary: dict, context: ReviewContext, images: 
         if (row.get("face_count") or 0) > 1 else "check-in photo" if verification else "photo"
     if decides == "compare":
         face = "photo A" + (f" ({row.get('face_count')} faces)" if (row.get("face_count") or 0) > 1 else "")
+    # a compare pair names both photos (its item id is the pair's); elsewhere the link is the path
     parts = [f"<figure class='checkin'>{checkin}<figcaption>{_e(face)}"
-             + ("" if link else f"<br><span class='source-uri'>{_e(row.get('source_uri'))}</span>")
+             + ("" if link and decides != "compare" else
+                f"<br><span class='source-uri'>{_e(row.get('source_uri'))}</span>")
              + "</figcaption></figure>"]
     if decides == "compare":
         parts.append(_second_photo(row, images))
@@ -339,6 +351,7 @@ def _item(row: dict, index: int, summary: dict, context: ReviewContext, images: 
     facts += [("Device" if row.get("device_id") else "Source", "device", _e(source_of(row))),
               ("Record" if verification else "Pair" if decides == "compare" else "Photo", "item-id",
                _e(row["item_id"]))]
+    facts += [(name, "manifest-field", _e(value)) for name, value in manifest_fields(row)]
     numbers = [f"quality {row['quality']:.3f}"] if row.get("quality") is not None else []
     if decides == "compare":
         numbers = [f"quality A {_score(row.get('quality'))}", f"quality B {_score(row.get('quality_b'))}"]

@@ -26,6 +26,7 @@ from models.weights import load_model
 from producer.samples import draw_face, encode
 from producer.submit import JobOptions, write_plan
 from tests.conftest import assert_embedding_ok, job_rows, needs_yunet, redis_and_worker, write_csv
+from tests.dom import parse
 from tests.photos import write_photos
 from workers.engine import Engine
 from workers.service import ChunkProcessor
@@ -151,6 +152,26 @@ def test_compare_in_one_call_and_from_the_command_line(client, stack):
     rows = {r["item_id"]: r for r in job_rows(client.storage, "compare-cli").to_pylist()}
     assert sorted(rows) == ["p1", "p2"] and rows["p1"]["decision"] == "same"
     assert rows["p2"]["similarity"] < 1.0 - 1e-3  # two different drawn faces
+
+
+def test_the_compare_report_shows_the_manifests_own_columns_and_both_paths(client, stack):
+    env, tmp = stack
+    folder = tmp / "hr"
+    folder.mkdir()
+    (folder / "badge.jpg").write_bytes(encode(draw_face(np.random.default_rng(4), 112), ".jpg"))
+    manifest = _manifest(folder / "pairs.csv", [
+        {"pair_id": "p1", "image_a": "badge.jpg", "image_b": "gone.jpg", "hr_case": "HR-2026-17"}])
+    done = subprocess.run([sys.executable, "-m", "producer", "compare", str(manifest), "--wait", "--no-progress",
+                           "--job-id", "compare-hr"], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    summary = client.job("compare-hr").wait(timeout=60)
+    page = parse(client.storage.get_bytes(summary["outputs"]["report"]).decode())
+    article = page.find("article", "item")
+    assert article.attrs["data-item-id"] == "p1"
+    fields = dict(zip([dt.text() for dt in article.find_all("dt")], [dd.text() for dd in article.find_all("dd")]))
+    assert fields["hr_case"] == "HR-2026-17"
+    captions = [span.text() for span in article.find_all("span", "source-uri")]
+    assert len(captions) == 2 and captions[0].endswith("badge.jpg") and captions[1].endswith("gone.jpg")
 
 
 class CountingEngine(Engine):
