@@ -18,10 +18,11 @@ import numpy as np
 from faceq.errors import ModelError
 
 YUNET_HELP = (
-    "detect mode needs the YuNet face detector: download face_detection_yunet_2023mar.onnx from OpenCV Zoo "
+    "detect mode needs the YuNet face detector: run `faceq models fetch --only detector` on this host (workers find "
+    "it without variables), or download face_detection_yunet_2023mar.onnx from OpenCV Zoo "
     "(https://github.com/opencv/opencv_zoo/tree/main/models/face_detection_yunet) and set "
-    "FACEQ_DETECTOR_WEIGHTS=/path/to/face_detection_yunet_2023mar.onnx, or run a crop-only worker with "
-    "FACEQ_MODES=crop"
+    "FACEQ_DETECTOR_WEIGHTS=/path/to/face_detection_yunet_2023mar.onnx; a worker meant to serve crop mode only "
+    "starts with FACEQ_MODES=crop"
 )
 
 

@@ -92,7 +92,7 @@ def test_similarity_transform_recovers_a_known_transform():
 
 
 def test_missing_or_invalid_detector_weights_say_where_to_get_yunet(tmp_path):
-    with pytest.raises(ModelError, match="no such file.*opencv_zoo"):
+    with pytest.raises(ModelError, match="no such file.*faceq models fetch --only detector.*opencv_zoo"):
         FaceDetector(str(tmp_path / "absent.onnx"))
     bogus = tmp_path / "bogus.onnx"
     bogus.write_bytes(b"not an onnx model")

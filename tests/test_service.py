@@ -181,9 +181,13 @@ def test_detect_mode_rows_for_faces_no_faces_and_errors(tmp_path, redis_server, 
 def test_a_detect_job_on_a_worker_without_detector_fails_with_the_reason(tmp_path, redis_server, engine):
     storage = open_storage((tmp_path / "store").as_uri())
     processor = ChunkProcessor(Settings(), storage, Ledger.from_url(redis_server.url), engine, "w", detector=None)
-    with pytest.raises(ModelError, match="has no detector.*face_detection_yunet"):
+    with pytest.raises(ModelError, match="has no face detector") as raised:
         processor.rows(*_detect_chunk(tmp_path, all_faces=False))
     processor.close()
+    # advice that fits a worker started for crop only: not "run a crop-only worker"
+    message = str(raised.value)
+    assert "`faceq models fetch --only detector`" in message and "FACEQ_MODES=crop,detect" in message
+    assert "--mode crop" in message and "crop-only worker" not in message
 
 
 def test_chunks_sharing_the_batcher_get_the_same_numbers_as_alone(setup, engine):

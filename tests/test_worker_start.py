@@ -13,7 +13,7 @@ from tests.conftest import worker_env
     [
         ({"FACEQ_MODEL_WEIGHTS": "/nonexistent/pytorch_model.pt"}, "cpu", "FACEQ_MODEL_WEIGHTS=/nonexistent/"),
         ({"FACEQ_PRECISION": "fp64"}, "cpu", "choose auto, fp32, fp16 or bf16"),
-        ({"FACEQ_MODES": "crop,detect", "FACEQ_DETECTOR_WEIGHTS": ""}, "cpu", "face_detection_yunet_2023mar.onnx"),
+        ({"FACEQ_MODES": "crop,detect", "FACEQ_DETECTOR_WEIGHTS": ""}, "cpu", "`faceq models fetch --only detector`"),
         ({"FACEQ_MODEL_ARCH": "resnet9000"}, "cpu", "unknown architecture"),
     ],
 )

@@ -42,7 +42,7 @@ from faceq.settings import Settings, TrustThresholds
 from faceq.storage import Storage
 from faceq.summary import finalize
 from models.decisions import compare_pair, review_reasons, verify
-from models.detect import YUNET_HELP, FaceDetector
+from models.detect import FaceDetector
 from models.preprocess import PreparedImage, crop_face, decode_image, detect_faces, image_size
 from models.rts import INPUT_SIZE
 from workers.batcher import MicroBatcher
@@ -82,6 +82,14 @@ class ChunkOutcome:
     n_flagged: int
     seconds: float
     skipped: bool = False  # already recorded by an earlier delivery: nothing was recomputed
+
+
+def no_detector_message(job_id: str) -> str:
+    """A detect chunk reached a worker started for crop only: what would let it run."""
+    return (f"job {job_id} asks for detect mode but this worker has no face detector (it serves crop mode only): "
+            f"start a worker with the YuNet detector (`faceq models fetch --only detector` on its host, then start "
+            f"it with FACEQ_MODES=crop,detect), or submit the job again with --mode crop if its photos are already "
+            f"cropped to the face")
 
 
 class GaveUp(Exception):
@@ -273,7 +281,7 @@ class ChunkProcessor:
     def _image_rows(self, header: JobHeader, items: list[Item], progress: Progress | None = None
                     ) -> list[ItemResult]:
         if header.mode == "detect" and self.detector is None:
-            raise ModelError(f"job {header.job_id} asks for detect mode but this worker has no detector. {YUNET_HELP}")
+            raise ModelError(no_detector_message(header.job_id))
         if header.mode != "crop":
             return self._rows_of(header, items, None, None, progress)
         # crop mode: every crop is written into its row of one batch, so no per-crop array is
