@@ -10,6 +10,10 @@ Storage is a job's source of truth. Layout of one job::
     jobs/<id>/runs/<run>/review.csv, report.html
     jobs/<id>/summary.json                      written last: names the completed run and its outputs
 
+One-off calls (``client.compare`` / ``client.verify``, ``faceq compare a.jpg b.jpg``) have ids
+starting with ``oneoff-`` and live under ``oneoff/<id>/`` instead: the same layout, out of the
+``jobs/*/…`` globs that analysts read every job's parts with, and out of ``faceq jobs``.
+
 A re-run of a job id plans a new run beside the old one; the old run's results stay readable
 until the new run's summary replaces the old summary, then the old run is deleted. Messages
 carry only (job id, run id, chunk index): a queued job costs Redis a few hundred bytes per
@@ -40,8 +44,17 @@ def validate_job_id(job_id: str) -> str:
     return validate_name(job_id, "job id")
 
 
+ONE_OFF_PREFIX = "oneoff-"  # ids of one-off calls: stored under oneoff/, hidden from listings
+
+
+def is_one_off(job_id: str) -> bool:
+    return job_id.startswith(ONE_OFF_PREFIX)
+
+
 def job_prefix(job_id: str) -> str:
-    return f"jobs/{job_id}/"
+    """Where a job lives: one-off calls apart from the jobs people glob (the id says which, so
+    a worker holding only (job, run, chunk) finds it)."""
+    return f"{'oneoff' if is_one_off(job_id) else 'jobs'}/{job_id}/"
 
 
 def current_run_key(job_id: str) -> str:

@@ -249,9 +249,10 @@ class Ledger:
             self.redis.hset(self._key(job_id), mapping={"state": "done", "finished_at": time.time()})
 
     def restore(self, job_id: str, run_id: str, kind: str, n_chunks: int, n_items: int, created_at: float,
-                done: dict[int, int]) -> None:
-        """Rebuild a job's keys from storage: ``done`` maps chunks that have parts to their item counts."""
-        self.start(job_id, run_id, kind, n_chunks, n_items, created_at)
+                done: dict[int, int], hidden: bool = False) -> None:
+        """Rebuild a job's keys from storage: ``done`` maps chunks that have parts to their item counts
+        (``hidden``: a one-off call stays out of listings after a resume too)."""
+        self.start(job_id, run_id, kind, n_chunks, n_items, created_at, hidden=hidden)
         for index, n in done.items():
             self.record_chunk(job_id, run_id, index, {"n_items": n, "restored": True})
 

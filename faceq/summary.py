@@ -505,8 +505,9 @@ def finalize(storage: Storage, header: JobHeader, thresholds: TrustThresholds,
         return None
     replaced = superseded_runs(storage, header)
     storage.put_bytes(jobs.summary_key(header.job_id), json.dumps(summary, indent=2).encode(), "application/json")
-    storage.put_bytes(jobs.latest_job_key(header.kind), json.dumps({"job_id": header.job_id}).encode(),
-                      "application/json")
+    if not jobs.is_one_off(header.job_id):  # a one-off call is nobody's drift baseline
+        storage.put_bytes(jobs.latest_job_key(header.kind), json.dumps({"job_id": header.job_id}).encode(),
+                          "application/json")
     for run_id in replaced:
         storage.delete_prefix(jobs.run_prefix(header.job_id, run_id))
     return summary

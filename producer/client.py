@@ -223,8 +223,9 @@ class Client:
     def image(self, image: str | Path | bytes, *, mode: str = "crop", job_id: str | None = None,
               one_off: bool = False, **fields: str) -> Job:
         """A one-image job (the worker still batches it with other jobs' images). Bytes are
-        uploaded to storage first. ``one_off``: hidden from ``faceq jobs`` unless ``--all``."""
-        job_id = jobs.validate_job_id(job_id or new_job_id("image"))
+        uploaded to storage first. ``one_off``: hidden from ``faceq jobs`` unless ``--all``, and
+        stored under ``oneoff/`` (its id starts with ``oneoff-``)."""
+        job_id = jobs.validate_job_id(job_id or new_job_id("image", one_off))
         uri = self._image_uri(image, job_id)
         row = {"record_id": fields.pop("record_id", "image"), "employee_id": fields.pop("employee_id", "-"),
                "image": uri, "device_id": fields.pop("device_id", ""), "captured_at": fields.pop("captured_at", "")}
@@ -248,7 +249,8 @@ class Client:
         (decision, similarity, quality, review reasons, best 1:N candidate, ``embedding``), with
         ``random_weights`` and ``warning`` (None unless a placeholder model made it: then do not act
         on it). The job is a one-off: ``faceq jobs`` lists it only with ``--all``."""
-        job = self.image(image, mode=mode, employee_id=employee_id, gallery=gallery, one_off=True, **fields)
+        job = self.image(image, mode=mode, employee_id=employee_id, gallery=gallery, one_off=True,
+                         job_id=new_job_id("verify", one_off=True), **fields)
         job.wait(timeout=timeout)
         (row,) = job.results().to_pylist()[:1]
         return marked(row)
@@ -259,7 +261,7 @@ class Client:
         face counts and boxes, review reasons, both embeddings ``embedding`` / ``embedding_b``,
         ``random_weights`` and ``warning`` as for ``verify``). Paths, URIs or bytes. A one-off job,
         as for ``verify``."""
-        job_id = jobs.validate_job_id(new_job_id("compare"))
+        job_id = jobs.validate_job_id(new_job_id("compare", one_off=True))
         uri_a, uri_b = self._image_uri(image_a, job_id), self._image_uri(image_b, job_id)
         row = {"pair_id": fields.pop("pair_id", "pair"), "image_a": uri_a, "image_b": uri_b, **fields}
         job = self._manifest_job([row], JobOptions("compare", mode=mode, report=False, one_off=True), job_id,

@@ -53,7 +53,8 @@ def resume(storage: Storage, ledger: Ledger, job_id: str, broker_url: str | None
     done = {index: header.chunk_items(index) for key in storage.list_keys(jobs.results_prefix(job_id, header.run_id))
             if (index := jobs.part_index(key)) is not None and index < header.n_chunks}
     created_at = datetime.fromisoformat(header.created_at).timestamp()
-    ledger.restore(job_id, header.run_id, header.kind, header.n_chunks, header.n_items, created_at, done)
+    ledger.restore(job_id, header.run_id, header.kind, header.n_chunks, header.n_items, created_at, done,
+                   hidden=jobs.is_one_off(job_id))
     if summary is not None and summary.get("run_id") == header.run_id:
         ledger.mark_done(job_id, header.run_id)
         return Resumed(header, len(done), 0, already_complete=True)

@@ -41,8 +41,9 @@ UPLOAD_THREADS = 16
 CHUNKS_IN_FLIGHT = 4
 
 
-def new_job_id(kind: str) -> str:
-    return f"{kind}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+def new_job_id(kind: str, one_off: bool = False) -> str:
+    return (f"{jobs.ONE_OFF_PREFIX if one_off else ''}{kind}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-"
+            f"{uuid.uuid4().hex[:6]}")
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,10 @@ def write_plan(settings: Settings, storage: Storage, *, items: Iterable[Item | L
     """Steps 1 and 2: the chunk manifests, the header, then ``current.json`` (the commit)."""
     options.validate()
     jobs.validate_job_id(job_id)
+    if options.one_off != jobs.is_one_off(job_id):
+        raise JobError(f"job id {job_id!r}: ids starting with {jobs.ONE_OFF_PREFIX!r} are for one-off calls "
+                       f"(client.compare / verify), which are stored apart under oneoff/; "
+                       f"{'give it such an id' if options.one_off else 'choose another id'}")
     gallery_version = None
     if options.kind == "attendance" and options.gallery:  # fixed now: a later enrolment does not change this job
         gallery_version = GalleryStore(storage).current_version(options.gallery)
@@ -193,7 +198,7 @@ def submit(settings: Settings, storage: Storage, ledger: Ledger, *, items: Itera
     """Plan the job from ``items`` (any iterable, consumed once) and enqueue its chunks."""
     header = write_plan(settings, storage, items=items, source=source, job_id=job_id, options=options,
                         allowed_sources=allowed_sources, progress=progress)
-    ledger.start(job_id, header.run_id, header.kind, header.n_chunks, header.n_items, hidden=options.one_off)
+    ledger.start(job_id, header.run_id, header.kind, header.n_chunks, header.n_items, hidden=jobs.is_one_off(job_id))
     enqueue(header, range(header.n_chunks), settings.broker_url)
     log.info("job %s: %d items in %d chunks enqueued", job_id, header.n_items, header.n_chunks)
     return header

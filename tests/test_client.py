@@ -151,3 +151,15 @@ def test_compare_two_photos_on_the_command_line_prints_the_row_and_stays_out_of_
     every = subprocess.run([sys.executable, "-m", "producer", "jobs", "--all", "--json"], capture_output=True,
                            text=True, env=env)
     assert sum(j["kind"] == "compare" and j["hidden"] for j in json.loads(every.stdout)) >= 2
+    # stored apart: a glob of every job's parts reads no one-off call
+    assert not [k for k in client.storage.list_keys("jobs/") if "/results/" in k and "compare" in k]
+    one_offs = sorted({k.split("/")[1] for k in client.storage.list_keys("oneoff/") if "/results/part-" in k})
+    assert sum(j.startswith("oneoff-compare-") for j in one_offs) >= 2
+    # resumed after Redis forgot it, a one-off stays out of listings
+    client.ledger.redis.delete(f"faceq:job:{one_offs[0]}")
+    resumed = subprocess.run([sys.executable, "-m", "producer", "resume", one_offs[0]], capture_output=True,
+                             text=True, env=env, timeout=60)
+    assert resumed.returncode == 0, resumed.stderr
+    assert client.ledger.progress(one_offs[0]).hidden
+    listed = subprocess.run([sys.executable, "-m", "producer", "jobs"], capture_output=True, text=True, env=env)
+    assert one_offs[0] not in listed.stdout
