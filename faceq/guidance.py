@@ -141,6 +141,12 @@ AUDIT_SECTIONS = ("error", "no_face", "likely_not_a_face", "low_quality", "multi
 # the photo may be a file in a collection, not a check-in at a device, and "ask for a retake
 # facing the camera" means nothing for a scanned archive or a cat.
 AUDIT_GUIDANCE: dict[str, Guidance] = {
+    "error": Guidance(
+        "Unreadable file",
+        "The image file could not be read (missing, empty, cut off, not an image, too large).",
+        "Check the file: replace it with a readable copy (re-export it from the original), or remove it from "
+        "the set.",
+        "fix file"),
     "no_face": Guidance(
         "No face found",
         "No face could be found in the image (not a portrait, a face too small or turned away, or not a "

@@ -94,9 +94,13 @@ def histogram_png(histogram: dict, review_quality: float, match_quality: float) 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     edges, counts = histogram["edges"], histogram["counts"]
     figure, axes = plt.subplots(figsize=(6, 2.6), dpi=100)
     axes.bar(edges[:-1], counts, width=0.095, align="edge", color="#3b7dd8")
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))  # faces are counted: no 0.5 face
+    axes.set_ylim(bottom=0)
     axes.axvline(review_quality, color="#d4380d", linestyle="--", linewidth=1, label=f"review < {review_quality}")
     axes.axvline(match_quality, color="#389e0d", linestyle="--", linewidth=1, label=f"confident ≥ {match_quality}")
     axes.set_xlabel("quality (exp(logvar); ≥ 1 counted in the last bin)")
@@ -107,6 +111,14 @@ def histogram_png(histogram: dict, review_quality: float, match_quality: float) 
     figure.savefig(buffer, format="png")
     plt.close(figure)
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _quality_chart(histogram: dict, thresholds: dict) -> str:
+    """The histogram, or a line saying why there is none (no photo had a usable face)."""
+    if not sum(histogram.get("counts") or []):
+        return "<p class='muted no-quality'>No face was scored: there is no quality to plot.</p>"
+    png = histogram_png(histogram, thresholds["review_quality"], thresholds["match_quality"])
+    return f"<img alt='quality histogram' src='data:image/png;base64,{png}'>"
 
 
 def warm_up() -> None:
@@ -348,8 +360,9 @@ def _item(row: dict, index: int, summary: dict, context: ReviewContext, images: 
         facts += [("Claimed employee" if verification else "Employee", "claimed-employee", _e(employee))]
     if verification or _captured(row):
         facts += [("Captured", "captured-at", time_html(_captured(row)))]
-    facts += [("Device" if row.get("device_id") else "Source", "device", _e(source_of(row))),
-              ("Record" if verification else "Pair" if decides == "compare" else "Photo", "item-id",
+    if decides != "compare":  # a pair's photos are named under them: a "source" folder says nothing
+        facts += [("Device" if row.get("device_id") else "Source", "device", _e(source_of(row)))]
+    facts += [("Record" if verification else "Pair" if decides == "compare" else "Photo", "item-id",
                _e(row["item_id"]))]
     facts += [(name, "manifest-field", _e(value)) for name, value in manifest_fields(row)]
     numbers = [f"quality {row['quality']:.3f}"] if row.get("quality") is not None else []
@@ -524,7 +537,8 @@ def render_report(summary: dict, flagged, storage: Storage, decides: str | None,
     thresholds = summary["thresholds"]
     parts = [page_head(f"faceq {summary['job_id']}"),
              f"<h1>faceq {_e(summary['kind'])} job <code>{_e(summary['job_id'])}</code></h1>",
-             f"<p class='muted'>{summary['n_items']} items → {summary['n_rows']} rows · mode {_e(summary['mode'])} · "
+             f"<p class='muted'>{summary['n_items']} {'pairs' if decides == 'compare' else 'items'} → "
+             f"{summary['n_rows']} rows · mode {_e(summary['mode'])} · "
              f"source {_e(summary['source'])}" + (f" · gallery {_e(summary['gallery'])}" if summary.get('gallery')
                                                   and isinstance(summary['gallery'], str) else "") +
              f" · model {_e(', '.join(summary['model_ids']))} · {_rate(summary['timings'])}</p>"]
@@ -539,8 +553,7 @@ def render_report(summary: dict, flagged, storage: Storage, decides: str | None,
     parts.append(f"<p>{counts['needs_review']} items need review"
                  + (f", of which {counts['folded_into_source_alerts']} are explained by the camera alerts above"
                     if counts["folded_into_source_alerts"] else "") + ". <a href='#review-queue'>Review queue</a></p>")
-    parts.append("<h2>Quality</h2><img alt='quality histogram' src='data:image/png;base64,"
-                 f"{histogram_png(summary['quality']['histogram'], thresholds['review_quality'], thresholds['match_quality'])}'>")
+    parts.append("<h2>Quality</h2>" + _quality_chart(summary["quality"]["histogram"], thresholds))
     alerted = {a["source"] for a in summary["alerts"]}
     parts.append("<h2>Sources</h2>" + _table(
         ["source", "rows", "ok", "flagged", "median quality", "alert"],
