@@ -96,6 +96,9 @@ class Settings:
     model_arch: str = "ir_se_64"
     model_seed: int = 0
     device: str = "cpu"
+    # FACEQ_DETECT_DEVICE: detect mode decoded, searched and aligned on this torch device (cpu, cuda, cuda:N;
+    # workers/device_stage.py); unset: on the CPU as before
+    detect_device: str | None = None
     precision: str = "auto"  # bf16 on GPUs that run it, fp32 on the CPU (workers/engine.py default_precision)
     inference: str = "fused"  # eager | fused | compiled | graphs (workers/graph.py)
     max_batch: int = 64
@@ -150,6 +153,7 @@ class Settings:
             model_arch=model_arch,
             model_seed=_int("FACEQ_MODEL_SEED", d.model_seed, minimum=0),
             device=_env("FACEQ_DEVICE", d.device),
+            detect_device=_env("FACEQ_DETECT_DEVICE") or None,
             precision=_env("FACEQ_PRECISION", d.precision),
             inference=_env("FACEQ_INFERENCE", d.inference),
             max_batch=_int("FACEQ_MAX_BATCH", d.max_batch),
@@ -202,6 +206,7 @@ ENV_VARS = (
     "FACEQ_MODEL_ARCH",
     "FACEQ_MODEL_SEED",
     "FACEQ_DEVICE",
+    "FACEQ_DETECT_DEVICE",
     "FACEQ_PRECISION",
     "FACEQ_INFERENCE",
     "FACEQ_MAX_BATCH",

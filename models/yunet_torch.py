@@ -124,7 +124,8 @@ def load_yunet(path: str | Path) -> YuNet:
     with torch.no_grad():
         for node, conv in zip(nodes, expected):
             attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-            weight, bias = (torch.from_numpy(numpy_helper.to_array(initializers[name]).copy()) for name in node.input[1:3])
+            weight, bias = (torch.from_numpy(numpy_helper.to_array(initializers[name]).copy())
+                            for name in node.input[1:3])
             layout = (tuple(weight.shape), list(attributes.get("strides", [1, 1])), attributes.get("group", 1),
                       list(attributes.get("pads", [0, 0, 0, 0])))
             wanted = (tuple(conv.weight.shape), list(conv.stride), conv.groups, list(conv.padding) * 2)

@@ -47,6 +47,7 @@ from models.preprocess import PreparedImage, crop_face, decode_image, detect_fac
 from models.rts import INPUT_SIZE
 from workers.batcher import MicroBatcher
 from workers.crop_pool import CropPool, SharedBatch
+from workers.device_stage import build_device_stage
 from workers.engine import Engine
 from workers.galleries import GalleryCache
 from workers.metrics import NULL_METRICS, NullMetrics
@@ -146,12 +147,16 @@ class ChunkProcessor:
         if registry is not None:
             registry.register(self.cpu)
         self._io = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="faceq-io")
+        # FACEQ_DETECT_DEVICE: detect mode on a torch device, the CPU path its fallback per photo
+        self.device_detect = build_device_stage(settings, storage, detector, self.cpu)
         self._io_lock = threading.Lock()
 
     def close(self) -> None:
         self._io.shutdown(wait=False, cancel_futures=True)
         if self.crop_pool is not None:
             self.crop_pool.close()
+        if self.device_detect is not None:
+            self.device_detect.close()
 
     def allowed_sources(self, header: JobHeader) -> AllowedSources:
         """What this job may read: the worker's configured roots, the storage root and the job's
@@ -197,6 +202,8 @@ class ChunkProcessor:
         ``batch[i]``. With ``shared`` (that batch in shared memory), the crop pool's children
         read the local items; the threads read the rest.
         """
+        if mode == "detect" and self.device_detect is not None:
+            return self.device_detect.prepare(items, allowed)
         prepared: list[PreparedImage | BadInputError | None] = [None] * len(items)
         local = {}
         if shared is not None:
