@@ -116,11 +116,11 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int, out: np.ndarray |
     return np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
 
 
-def _decode_plain_jpeg(data: bytes, max_pixels: int, out: np.ndarray | None = None) -> np.ndarray | None:
-    """A YCbCr or greyscale JPEG without EXIF rotation, decoded to BGR by libjpeg-turbo with the
-    GIL released; ``None`` for anything else (CMYK, rotated, damaged, huge): Pillow decides."""
+def plain_jpeg_header(data: bytes, max_pixels: int) -> tuple[int, int, str] | None:
+    """(height, width, chroma subsampling) of a YCbCr or greyscale JPEG without EXIF rotation;
+    ``None`` for anything else (CMYK, rotated, damaged, huge); ``BadInputError`` over ``max_pixels``."""
     try:
-        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        height, width, colorspace, subsampling = simplejpeg.decode_jpeg_header(data)
     except ValueError:
         return None
     if width * height > max_pixels:
@@ -130,6 +130,16 @@ def _decode_plain_jpeg(data: bytes, max_pixels: int, out: np.ndarray | None = No
     if (colorspace not in ("YCbCr", "Gray") or not width or not height or width * height > Image.MAX_IMAGE_PIXELS
             or jpeg_orientation(data) != 1):
         return None
+    return height, width, subsampling
+
+
+def _decode_plain_jpeg(data: bytes, max_pixels: int, out: np.ndarray | None = None) -> np.ndarray | None:
+    """A plain JPEG (``plain_jpeg_header``), decoded to BGR by libjpeg-turbo with the GIL
+    released; ``None`` for anything else: Pillow decides."""
+    header = plain_jpeg_header(data, max_pixels)
+    if header is None:
+        return None
+    height, width, _ = header
     try:
         if out is not None and out.shape == (height, width, 3):
             return simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True, buffer=out)
