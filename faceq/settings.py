@@ -46,6 +46,13 @@ def _port(name: str) -> int:
     return value
 
 
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _env(name, default).lower()
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r}: choose one of {', '.join(choices)}")
+    return value
+
+
 def _modes(raw: str) -> tuple[str, ...]:
     from faceq.jobs import MODES
 
@@ -93,6 +100,9 @@ class Settings:
     min_face: int = 10
     detect_score: float = 0.7
     detect_max_side: int = 1280
+    # full | coarse (models/coarse_detect.py): full by default until coarse meets parity on every test photo
+    detect_path: str = "full"
+    detect_coarse_min_face: float = 0.0  # > 0: faces narrower than this (photo px) may be missed, for speed
     model_arch: str = "ir_se_64"
     model_seed: int = 0
     device: str = "cpu"
@@ -150,6 +160,8 @@ class Settings:
             min_face=_int("FACEQ_MIN_FACE", d.min_face),
             detect_score=_float("FACEQ_DETECT_SCORE", d.detect_score),
             detect_max_side=_int("FACEQ_DETECT_MAX_SIDE", d.detect_max_side, minimum=64),
+            detect_path=_choice("FACEQ_DETECT_PATH", d.detect_path, ("coarse", "full")),
+            detect_coarse_min_face=_float("FACEQ_DETECT_COARSE_MIN_FACE", d.detect_coarse_min_face),
             model_arch=model_arch,
             model_seed=_int("FACEQ_MODEL_SEED", d.model_seed, minimum=0),
             device=_env("FACEQ_DEVICE", d.device),
@@ -203,6 +215,8 @@ ENV_VARS = (
     "FACEQ_MIN_FACE",
     "FACEQ_DETECT_SCORE",
     "FACEQ_DETECT_MAX_SIDE",
+    "FACEQ_DETECT_PATH",
+    "FACEQ_DETECT_COARSE_MIN_FACE",
     "FACEQ_MODEL_ARCH",
     "FACEQ_MODEL_SEED",
     "FACEQ_DEVICE",

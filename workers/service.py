@@ -134,6 +134,9 @@ class ChunkProcessor:
         self.engine = engine
         self.worker = worker
         self.detector = detector
+        # detect mode, coarse to fine (FACEQ_DETECT_PATH=coarse): photos it cannot speed up take the full path
+        self.coarse = (CoarseToFineDetector(detector, settings.detect_coarse_min_face)
+                       if detector is not None and settings.detect_path == "coarse" else None)
         self.crop_pool = crop_pool  # crop mode's local items read by child processes (workers.crop_pool)
         # with a batcher, this chunk's crops share device batches with other tasks' crops
         self._batcher = batcher
@@ -175,6 +178,14 @@ class ChunkProcessor:
             fetched = clock()
             self.cpu.add("fetch", fetched - started)
             with self.pixels.hold(image_size(data)):
+                if mode == "detect" and self.coarse is not None:
+                    seconds = StageSeconds()
+                    prepared = self.coarse.prepare(data, self.settings.max_image_pixels, self.settings.min_face,
+                                                   seconds)
+                    self.cpu.add_many(**seconds.as_dict())
+                    if prepared is not None:
+                        return prepared
+                    fetched = clock()
                 image = decode_image(data, self.settings.max_image_bytes, self.settings.max_image_pixels, out)
                 del data
                 decoded = clock()

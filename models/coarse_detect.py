@@ -1,0 +1,270 @@
+"""Detect mode, coarse to fine: the full search's faces, landmarks and aligned crops, with less work.
+
+The full path (``models.preprocess.detect_faces``) decodes the whole photo, shrinks it with
+``INTER_AREA`` to the search size (longest side ``FaceDetector.max_side``, 1280) and runs YuNet on
+all of it. Here:
+
+1. **Coarse pass**: the photo decoded at n/8 of its size by libjpeg's DCT scaling; YuNet with a
+   low score threshold (``COARSE_SCORE``) finds candidate faces.
+2. **Fine pass**, per candidate: a region of the *search image* around it — the face plus
+   ``CONTEXT`` search pixels on every side (YuNet's landmarks depend on that much surrounding
+   image: with less they move by pixels), its corners on YuNet's 32-pixel stride grid and on
+   whole photo pixels of the ``INTER_AREA`` resize — is rebuilt from full-resolution pixels of
+   that region only (``models.jpeg_region.decode_region``, bit-identical to a full decode) and
+   resized with the same factor. Those pixels are exactly the full search's pixels, and YuNet
+   sees them on the same stride grid, so it reports the same box and landmarks (to float
+   rounding). YuNet's score threshold there is the full search's: it decides what is a face.
+3. **Align** from the full-resolution region, with the full path's transform moved by the
+   region's offset.
+
+How the coarse size is chosen (``coarse_eighths``): YuNet finds a face only above a minimum size
+in the image it searches, and a lower threshold moves that minimum down only a little. Measured
+on 1920×2400 photos with one small face (bench notes in bench/RESULTS.md): the 1280 search finds
+faces from ≈ 21 search pixels of head width; the coarse pass at threshold 0.3 finds them from ≈
+16–20 coarse pixels. So every face the full search finds is still a candidate when the coarse
+scale is at least ``RECALL_RATIO`` (0.75) of the search scale: the smallest n/8 above that is
+taken. For a 1920×2400 photo that is 4/8 against a search scale of 0.53: the coarse pass costs
+nearly the full search, and the gain is only the full decode and resize avoided. A photo the
+full search does not shrink, or whose coarse scale would not be below the search scale, takes the
+full path (``None``). A job whose faces are
+known to be large (portraits, check-ins) sets ``min_face_px`` (``FACEQ_DETECT_COARSE_MIN_FACE``,
+head width in photo pixels): the coarse scale need only make such a face ``COARSE_FACE_PX``
+wide, e.g. 1/8 for faces from 160 px; smaller faces may then be missed — a setting, never the
+default, since accuracy is not traded by default.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from models.align import ARCFACE_TEMPLATE, INPUT_SIZE, similarity_transform
+from models.detect import Detection, FaceDetector, usable_faces
+from models.jpeg_region import FULL_DECODE_SHARE, PlainJpeg, decode_full, decode_region, decode_scaled, plain_jpeg
+from models.preprocess import FaceCrop, PreparedImage
+
+COARSE_SCORE = 0.3  # candidates only: the fine pass applies the full search's threshold
+RECALL_RATIO = 0.75  # coarse scale / search scale that keeps every face the full search finds
+COARSE_FACE_PX = 20  # head width (coarse pixels) from which the coarse pass finds a face
+CONTEXT = 128  # search pixels around a face that YuNet's landmarks depend on (96: up to 0.25 px moved)
+STRIDE = 32  # YuNet's coarsest stride: regions start on its grid
+MAX_GRID = 256  # a resize whose whole-pixel grid is coarser than this: take the full path
+COARSE_SLACK = 0.1  # share of a coarse box's size it may be off by (a face cut off is searched again)
+
+
+@dataclass
+class Region:
+    """A rectangle of the search image (x0, y0, x1, y1) and the photo rectangle it is resized from."""
+    search: tuple[int, int, int, int]
+    photo: tuple[int, int, int, int]
+
+
+@dataclass
+class StageSeconds:
+    """Thread CPU seconds per stage of one photo (workers.stage_cpu's coarse-path stages)."""
+    coarse_decode: float = 0.0
+    coarse_detect: float = 0.0
+    region_decode: float = 0.0
+    fine_detect: float = 0.0
+    align: float = 0.0
+    _mark: float = field(default_factory=time.thread_time, repr=False)
+
+    def lap(self, stage: str) -> None:
+        now = time.thread_time()
+        setattr(self, stage, getattr(self, stage) + now - self._mark)
+        self._mark = now
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+def coarse_eighths(search_scale: float, min_face_px: float = 0) -> int:
+    """libjpeg's n/8 for the coarse pass: the smallest that still finds every face the full
+    search finds (or, with ``min_face_px``, every face at least that wide)."""
+    needed = search_scale * RECALL_RATIO
+    if min_face_px > 0:
+        needed = min(needed, COARSE_FACE_PX / min_face_px)
+    return min(8, max(1, math.ceil(needed * 8 - 1e-9)))
+
+
+class CoarseToFineDetector:
+    """The full search's detections and crops, from a coarse decode and full-resolution regions."""
+
+    def __init__(self, detector: FaceDetector, min_face_px: float = 0):
+        self.detector = detector
+        self.min_face_px = min_face_px
+        unlimited = 1 << 30  # both run on images already at the size they are meant to search
+        self.coarse = FaceDetector(detector.weights, COARSE_SCORE, detector.nms_threshold, max_side=unlimited)
+        self.fine = FaceDetector(detector.weights, detector.score_threshold, detector.nms_threshold,
+                                 max_side=unlimited)
+
+    def prepare(self, data: bytes, max_pixels: int, min_face: float = 10,
+                seconds: StageSeconds | None = None) -> PreparedImage | None:
+        """The photo's faces as the full path finds and aligns them; ``None`` when this photo
+        takes the full path (not a plain baseline JPEG, too small to gain, damaged data)."""
+        seconds = seconds or StageSeconds()
+        jpeg = plain_jpeg(data, max_pixels)
+        if jpeg is None:
+            return None
+        width, height = jpeg.width, jpeg.height
+        scale = min(1.0, self.detector.max_side / max(height, width))  # FaceDetector.detect's
+        search_size = (width, height) if scale == 1.0 else (round(width * scale), round(height * scale))
+        eighths = coarse_eighths(scale, self.min_face_px)
+        grid = (_grid(width, search_size[0]), _grid(height, search_size[1]))
+        if scale == 1.0 or eighths / 8 >= scale or max(grid) > MAX_GRID:
+            return None
+        coarse = decode_scaled(jpeg, eighths)
+        if coarse is None:
+            return None
+        seconds.lap("coarse_decode")
+        candidates = self.coarse.detect(coarse)
+        seconds.lap("coarse_detect")
+        coarse_scale = (search_size[0] / coarse.shape[1], search_size[1] / coarse.shape[0])
+        regions = _merge([_region(face.bbox, coarse_scale, search_size, (width, height), grid) for face in candidates])
+        detections: list[tuple[Detection, Region]] = []
+        full = decode_full(jpeg) if _area(regions) > FULL_DECODE_SHARE * width * height else None
+        pixels_of: dict[int, np.ndarray] = {}
+        regions_done: list[Region] = []
+        pending, retried = list(regions), set()
+        while pending:
+            region = pending.pop(0)
+            pixels = _photo_pixels(jpeg, region, full)
+            if pixels is None:
+                return None
+            seconds.lap("region_decode")
+            regions_done.append(region)
+            pixels_of[len(regions_done) - 1] = pixels
+            kept, cut = self._fine_faces(pixels, region, scale, search_size)
+            detections += [(face, region) for face in kept if not _seen(face, detections)]
+            for box in cut:  # a face larger than its coarse box: once more, with its whole context
+                key = tuple(np.round(box).astype(int))
+                if key not in retried:
+                    retried.add(key)
+                    pending.append(_region(box, (1.0, 1.0), search_size, (width, height), grid, slack=0))
+            seconds.lap("fine_detect")
+        crops = []
+        by_id = {id(face): k for k, (face, _) in enumerate(detections)}
+        for face in usable_faces([face for face, _ in detections], min_face):
+            k = by_id[id(face)]
+            region_index = next(i for i, r in enumerate(regions_done) if r is detections[k][1])
+            crop = _align_in_region(pixels_of[region_index], detections[k][1], face.landmarks, (width, height))
+            if crop is None:  # the crop reaches past the region: from the whole photo
+                full = full if full is not None else decode_full(jpeg)
+                if full is None:
+                    return None
+                crop = _align_in_region(full, Region((0, 0, *search_size), (0, 0, width, height)), face.landmarks,
+                                        (width, height))
+            crops.append(FaceCrop(crop, face.bbox.tolist(), face.landmarks.reshape(-1).tolist()))
+        seconds.lap("align")
+        return PreparedImage(crops, face_count=len(crops))
+
+    def _fine_faces(self, pixels: np.ndarray, region: Region, scale: float,
+                    search_size: tuple[int, int]) -> tuple[list[Detection], list[np.ndarray]]:
+        """YuNet on the region at the search's resolution: the faces with their full context in
+        it, in photo coordinates computed as FaceDetector.detect does, and the search-image boxes
+        of faces the region cuts into (to be searched again in a region of their own)."""
+        x0, y0, x1, y1 = region.search
+        search = pixels if scale == 1.0 else cv2.resize(pixels, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
+        kept, cut = [], []
+        for face in self.fine.detect(search):
+            bx0, by0, bx1, by1 = face.bbox + [x0, y0, x0, y0]
+            inside = ((x0 == 0 or bx0 - CONTEXT >= x0) and (y0 == 0 or by0 - CONTEXT >= y0)
+                      and (x1 == search_size[0] or bx1 + CONTEXT <= x1) and (y1 == search_size[1] or by1 + CONTEXT <= y1))
+            if not inside:
+                cut.append(np.array([bx0, by0, bx1, by1]))
+                continue
+            offset = np.array([x0, y0], dtype=np.float32)
+            factor = np.float32(scale)
+            kept.append(Detection(((face.bbox + np.tile(offset, 2)) / factor),
+                                  ((face.landmarks + offset) / factor), face.score))
+        return kept, cut
+
+
+def _grid(photo: int, search: int) -> int:
+    """Search pixels between region corners that fall on whole photo pixels and on YuNet's stride."""
+    step = search // math.gcd(photo, search)
+    return step * STRIDE // math.gcd(step, STRIDE)
+
+
+def _region(bbox: np.ndarray, coarse_scale: tuple[float, float], search_size: tuple[int, int],
+            photo_size: tuple[int, int], grid: tuple[int, int], slack: float = COARSE_SLACK) -> Region:
+    """The search-image region for a face box (in an image ``coarse_scale`` times smaller)."""
+    corners = []
+    for axis in (0, 1):
+        low, high = bbox[axis] * coarse_scale[axis], bbox[axis + 2] * coarse_scale[axis]
+        margin = CONTEXT + slack * (high - low)
+        low, high = low - margin, high + margin
+        step = grid[axis]
+        corners.append((max(0, int(low // step) * step), min(search_size[axis], math.ceil(high / step) * step)))
+    (x0, x1), (y0, y1) = corners
+    return _with_photo((x0, y0, x1, y1), search_size, photo_size)
+
+
+def _with_photo(search: tuple[int, int, int, int], search_size, photo_size) -> Region:
+    fx, fy = photo_size[0] / search_size[0], photo_size[1] / search_size[1]
+    x0, y0, x1, y1 = search
+    photo = tuple(round(v * f) for v, f in ((x0, fx), (y0, fy), (x1, fx), (y1, fy)))
+    return Region(search, photo)
+
+
+def _seen(face: Detection, found: list[tuple[Detection, Region]]) -> bool:
+    """The same face found in an earlier region (its box centre inside one already kept)."""
+    cx, cy = (face.bbox[0] + face.bbox[2]) / 2, (face.bbox[1] + face.bbox[3]) / 2
+    return any(f.bbox[0] <= cx <= f.bbox[2] and f.bbox[1] <= cy <= f.bbox[3] for f, _ in found)
+
+
+def _merge(regions: list[Region]) -> list[Region]:
+    """Overlapping regions as one (a face's context may hold another face)."""
+    merged = list(regions)
+    changed = True
+    while changed:
+        changed = False
+        for i in range(len(merged)):
+            for j in range(i + 1, len(merged)):
+                a, b = merged[i].search, merged[j].search
+                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                    union = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                    fx = (merged[i].photo[2] - merged[i].photo[0]) / (a[2] - a[0])
+                    fy = (merged[i].photo[3] - merged[i].photo[1]) / (a[3] - a[1])
+                    photo = (round(union[0] * fx), round(union[1] * fy), round(union[2] * fx), round(union[3] * fy))
+                    merged[i] = Region(union, photo)
+                    del merged[j]
+                    changed = True
+                    break
+            if changed:
+                break
+    return merged
+
+
+def _area(regions: list[Region]) -> int:
+    return sum((r.photo[2] - r.photo[0]) * (r.photo[3] - r.photo[1]) for r in regions)
+
+
+def _photo_pixels(jpeg: PlainJpeg, region: Region, full: np.ndarray | None) -> np.ndarray | None:
+    x0, y0, x1, y1 = region.photo
+    if full is not None:
+        return full[y0:y1, x0:x1]
+    return decode_region(jpeg, x0, y0, x1, y1)
+
+
+def _align_in_region(pixels: np.ndarray, region: Region, landmarks: np.ndarray,
+                     photo_size: tuple[int, int]) -> np.ndarray | None:
+    """``models.align.align_face`` on the whole photo, computed from the region's pixels: the same
+    inverse map (OpenCV's own inversion), moved by the region's offset. ``None`` when the crop
+    samples photo pixels outside the region."""
+    matrix = similarity_transform(np.asarray(landmarks, dtype=np.float32).reshape(5, 2), ARCFACE_TEMPLATE)
+    inverse = cv2.invertAffineTransform(matrix)
+    corners = np.array([[0, 0], [INPUT_SIZE, 0], [0, INPUT_SIZE], [INPUT_SIZE, INPUT_SIZE]], dtype=np.float64)
+    sampled = corners @ inverse[:, :2].T + inverse[:, 2]
+    x0, y0, x1, y1 = region.photo
+    (low_x, low_y), (high_x, high_y) = sampled.min(axis=0), sampled.max(axis=0)
+    if ((x0 > 0 and low_x - 2 < x0) or (y0 > 0 and low_y - 2 < y0)
+            or (x1 < photo_size[0] and high_x + 2 > x1) or (y1 < photo_size[1] and high_y + 2 > y1)):
+        return None
+    inverse[:, 2] -= (x0, y0)
+    return cv2.warpAffine(pixels, inverse, (INPUT_SIZE, INPUT_SIZE), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+
