@@ -19,7 +19,7 @@ all of it. Here:
 
 How the coarse size is chosen (``coarse_eighths``): YuNet finds a face only above a minimum size
 in the image it searches, and a lower threshold moves that minimum down only a little. Measured
-on 1920×2400 photos with one small face (bench notes in bench/RESULTS.md): the 1280 search finds
+on 1920×2400 photos with one small head pasted on noise (6 photos per size): the 1280 search finds
 faces from ≈ 21 search pixels of head width; the coarse pass at threshold 0.3 finds them from ≈
 16–20 coarse pixels. So every face the full search finds is still a candidate when the coarse
 scale is at least ``RECALL_RATIO`` (0.75) of the search scale: the smallest n/8 above that is
