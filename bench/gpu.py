@@ -26,8 +26,10 @@ from pathlib import Path
 from bench.pipeline import JobsFailed, python_env, wait_for_jobs, worker
 
 CHUNKS_BEFORE_STEADY = 4  # the first chunks pay one-off costs (issue 24: 1.2–2.1 s against 0.16–0.24 s)
-FULL = {"crops": 4000, "photos": 400, "chunk": 512, "min_seconds": 2.0, "batches": [64, 256, 512]}
-QUICK = {"crops": 256, "photos": 6, "chunk": 32, "min_seconds": 0.2, "batches": [8, 32]}
+FULL = {"crops": 4000, "photos": 400, "chunk": 512, "min_seconds": 2.0, "batches": [64, 256, 512],
+        "device_photos": 256, "device_batch": 64}
+QUICK = {"crops": 256, "photos": 6, "chunk": 32, "min_seconds": 0.2, "batches": [8, 32],
+         "device_photos": 4, "device_batch": 4}
 
 
 class SmokeFailed(RuntimeError):
@@ -137,13 +139,19 @@ def smoke(args, sizes: dict, workdir: Path, document: dict) -> None:
     from faceq.storage import open_storage
 
     document["bare_model"] = bare_models(args.arch, args.device, args.precisions, args.modes, sizes)
+    if args.detect_device:  # the device detect path in-process: photos/s, CPU by stage, parity
+        from bench.device_detect import device_detect_section
+
+        document["device_detect"] = device_detect_section(args.detect_device, str(args.detector),
+                                                          sizes["device_photos"], sizes["device_batch"],
+                                                          sizes["min_seconds"], args.arch)
     with RedisServer(workdir / "redis") as redis_server:
         storage_url = (workdir / "store").as_uri()
         env = python_env() | {"FACEQ_BROKER_URL": redis_server.url, "FACEQ_STORAGE_URL": storage_url,
                               "FACEQ_MODEL_ARCH": args.arch, "FACEQ_PRECISION": args.precision,
                               "FACEQ_INFERENCE": args.inference,
                               "FACEQ_MAX_BATCH": str(sizes["chunk"]), "FACEQ_MODES": "crop,detect",
-                              "FACEQ_DETECTOR_WEIGHTS": str(args.detector)}
+                              "FACEQ_DETECTOR_WEIGHTS": str(args.detector), "FACEQ_DETECT_DEVICE": args.detect_device}
         env |= dict(pair.split("=", 1) for pair in args.env)
         storage = open_storage(storage_url)
         ledger = Ledger.from_url(redis_server.url)
@@ -196,6 +204,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--photos", type=int, help="photos in the detect job")
     parser.add_argument("--concurrency", type=int, help="the worker's chunk tasks")
     parser.add_argument("--detector", default=default_detector, help="YuNet ONNX file (FACEQ_DETECTOR_WEIGHTS)")
+    parser.add_argument("--detect-device", help="where the detect job's photos are decoded, searched and aligned "
+                                                "(FACEQ_DETECT_DEVICE; default: --device); 'none': the CPU path")
     parser.add_argument("--timeout", type=float, default=900, help="seconds a job may take")
     parser.add_argument("--stall-seconds", type=float, default=120, help="fail when no chunk finishes for this long")
     parser.add_argument("--env", action="append", default=[], metavar="FACEQ_X=V", help="extra worker setting")
@@ -207,6 +217,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.precision = args.precision or ("bf16" if on_gpu else "fp32")
     args.precisions = (args.precisions or ("fp32,fp16,bf16" if on_gpu else "fp32")).split(",")
     args.modes = (args.modes or ("eager,fused,compiled,graphs" if on_gpu else "eager,fused")).split(",")
+    args.detect_device = "" if args.detect_device == "none" else (args.detect_device or args.device)
     if not Path(args.detector).is_file():
         parser.error(f"no YuNet weights at {args.detector}: pass --detector PATH or set FACEQ_DETECTOR_WEIGHTS")
     if any("=" not in pair for pair in args.env):
@@ -245,6 +256,15 @@ def as_table(document: dict) -> str:
     for precision, modes in document["bare_model"].items():
         for mode, row in modes.items():
             lines.append(f"| bare model {precision} {mode} | {row['bare_model_ips']} img/s (batch {row['best_batch']}) |")
+    device_detect = document.get("device_detect")
+    if device_detect:
+        cpu, match = device_detect["cpu_ms_per_photo"], device_detect["parity"]
+        lines.append(f"| device detect path ({device_detect['device']}, decoder {device_detect['decoder']}) | "
+                     f"{device_detect['photos_per_second']} photos/s (1920×2400, bytes to crops); CPU ms/photo: "
+                     + ", ".join(f"{k} {v}" for k, v in cpu.items()) + " |")
+        lines.append(f"| device detect parity vs the CPU path | landmarks ≤ {match['max_landmark_px']} px, crops ≤ "
+                     f"{match['max_crop_pixel']}, cos ≥ {match['min_embedding_cosine']}, face count differences "
+                     f"{match['face_count_differences']} |")
     for mode, job in document["jobs"].items():
         lines.append(f"| e2e {mode} ({job['images']} images) | {job['ips']} img/s; steady {job.get('steady_ips')} "
                      f"img/s; first chunks {job['first_chunks_seconds']} s, steady chunk "

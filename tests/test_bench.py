@@ -73,6 +73,12 @@ def test_the_gpu_smoke_runs_a_crop_and_a_detect_job_on_the_cpu():
         assert job["gpu_busy_fraction"] is None, mode  # no NVML on the CPU
     assert document["jobs"]["crop"]["chunks"] == 8 and document["jobs"]["crop"]["status"] == {"ok": 256}
     assert document["warm_memory_bytes"] is None  # the CPU has no warm GPU memory
+    device_detect = document["device_detect"]  # the device detect path, run on the CPU here
+    assert device_detect["decoder"] == "cpu" and device_detect["photos_per_second"] > 0
+    assert {"decode", "detect", "align", "process"} <= set(device_detect["cpu_ms_per_photo"])
+    parity = device_detect["parity"]
+    assert parity["faces"] == 4 and parity["face_count_differences"] == 0 and parity["max_landmark_px"] <= 0.5
+    assert parity["max_crop_pixel"] <= 1 and parity["min_embedding_cosine"] >= 0.9999
 
 
 @pytest.mark.skipif(not YUNET.is_file(), reason=f"YuNet weights not found at {YUNET}")
