@@ -48,10 +48,17 @@ def area_taps(source: int, target: int) -> tuple[np.ndarray, np.ndarray]:
     return index.astype(np.int64), np.take_along_axis(weights, index, axis=1)
 
 
+@lru_cache(maxsize=64)
+def _taps_on(source: int, target: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``area_taps`` as tensors on ``device``, uploaded once per size (photos of a job share sizes)."""
+    index, weights = area_taps(source, target)
+    return torch.from_numpy(index).to(device), torch.from_numpy(weights).to(device)
+
+
 def _resize_last_axis(x: torch.Tensor, target: int) -> torch.Tensor:
-    index, weights = area_taps(x.shape[-1], target)
-    gathered = x.index_select(-1, torch.from_numpy(index.reshape(-1)).to(x.device))
-    return (gathered.unflatten(-1, index.shape) * torch.from_numpy(weights).to(x.device)).sum(-1)
+    index, weights = _taps_on(x.shape[-1], target, x.device)
+    gathered = x.index_select(-1, index.reshape(-1))
+    return (gathered.unflatten(-1, index.shape) * weights).sum(-1)
 
 
 def resize_area(images: torch.Tensor, height: int, width: int) -> torch.Tensor:

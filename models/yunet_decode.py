@@ -6,8 +6,8 @@ row + dy) · stride``, size ``exp(dw, dh) · stride``; landmarks ``(col + kx, ro
 Then OpenCV's ``NMSBoxes`` on the boxes truncated to integers (``Rect2i(int(x), …)``): scores
 ``> threshold``, a stable sort by score, the first ``top_k``, greedy suppression at IoU
 ``> nms_threshold``. Faces come out as OpenCV gives them: rows of 15 floats (x, y, w, h, five
-landmarks, score), best first. Everything before the suppression loop runs on the tensors'
-device; the loop reads a small host copy of the candidates' overlaps.
+landmarks, score), best first. Everything up to the score threshold runs on the tensors'
+device; the suppression, over a few dozen candidates per face, on the host.
 """
 
 from __future__ import annotations
@@ -67,7 +67,12 @@ def suppress(candidates: torch.Tensor, score_threshold: float, nms_threshold: fl
 
 def faces_per_image(outputs: dict[str, list[torch.Tensor]], pad_h: int, pad_w: int, score_threshold: float,
                     nms_threshold: float, top_k: int = 5000) -> list[torch.Tensor]:
-    """Per image of the batch: its faces, (F, 15), best first, in the padded input's pixels."""
+    """Per image of the batch: its faces, (F, 15) on the host, best first, in the padded input's pixels.
+
+    The candidates above the threshold (a few dozen per face) cross to the host in one transfer for
+    the whole batch; the suppression loop runs there."""
     candidates = decode(outputs, pad_h, pad_w)
     keep = candidates[..., 14] >= score_threshold
-    return [suppress(candidates[n][keep[n]], score_threshold, nms_threshold, top_k) for n in range(len(candidates))]
+    counts = keep.sum(dim=1).tolist()
+    kept = candidates[keep].cpu()  # image by image, each in anchor order
+    return [suppress(part, score_threshold, nms_threshold, top_k) for part in kept.split(counts)]
