@@ -17,4 +17,4 @@ COPY producer producer
 RUN pip install --no-cache-dir --no-deps . && pip check
 RUN useradd --create-home faceq
 USER faceq
-CMD ["python", "-m", "workers", "--device", "cuda:0"]
+CMD ["python", "-m", "faceq.workers", "--device", "cuda:0"]

@@ -44,7 +44,7 @@ $(VENV)/.installed: pyproject.toml $(DEV_LOCK)
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m producer.demo
+	$(PY) -m devstack.demo
 
 test: install
 	$(PY) -m pytest -q --durations=15
@@ -89,12 +89,12 @@ check-offline-install:
 	bash ops/check-offline-install.sh $(PYTHON) $(TORCH_VERSION) $(WHEELHOUSE)
 
 worker: install
-	$(PY) -m workers --device $${FACEQ_DEVICE:-cpu}
+	$(PY) -m faceq.workers --device $${FACEQ_DEVICE:-cpu}
 
 # Flower is never served without credentials, and only on loopback unless FLOWER_ADDRESS says otherwise
 flower: install
 	@test -n "$$FLOWER_BASIC_AUTH" || { echo "error: set FLOWER_BASIC_AUTH=user:password first" >&2; exit 2; }
-	$(VENV)/bin/celery -A workers.app flower --address=$${FLOWER_ADDRESS:-127.0.0.1} --port=$${FLOWER_PORT:-5555}
+	$(VENV)/bin/celery -A faceq.workers.app flower --address=$${FLOWER_ADDRESS:-127.0.0.1} --port=$${FLOWER_PORT:-5555}
 
 bench: install
 	$(PY) -m bench --record

@@ -138,12 +138,12 @@ def main() -> None:
     parser.add_argument("--record", action="store_true", help="append the tables to bench/RESULTS.md")
     args = parser.parse_args()
 
-    from faceq.devstack import RedisServer
+    from devstack.processes import RedisServer
 
     with tempfile.TemporaryDirectory(prefix="faceq-bench-") as tmp:
         workdir = Path(tmp)
         redis_server = RedisServer(workdir / "redis").start()
-        os.environ["FACEQ_BROKER_URL"] = redis_server.url  # before workers.app is first used
+        os.environ["FACEQ_BROKER_URL"] = redis_server.url  # before faceq.workers.app is first used
         moto = None
         try:
             from bench.pipeline import python_env, start_moto

@@ -54,7 +54,7 @@ TARGETS = {"crop_file_over_dataloader": 0.8, "crop_file_cores_used": 1.7, "two_c
 
 def write_crops(folder: Path, n: int, seed: int = 1) -> list[Path]:
     """``n`` distinct 112×112 JPEG face crops (the ones ``bench.pipeline`` uses)."""
-    from producer.samples import draw_face, encode
+    from devstack.samples import draw_face, encode
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -122,7 +122,7 @@ def scrape(port: int) -> dict[str, float]:
 def run_job(ledger, storage, settings, items, mode: str, job_id: str, allowed: tuple[str, ...], timeout: float,
             worker_pid: int, port: int) -> dict:
     """One job; wall seconds and worker CPU from submission until its last chunk is recorded."""
-    from producer.submit import JobOptions, submit
+    from faceq.producer.submit import JobOptions, submit
 
     from bench.pipeline import JobsFailed, cpu_seconds, wait_for_jobs
 
@@ -172,10 +172,10 @@ def measure(base_env: dict[str, str], workdir: Path, label: str, storage_url: st
             timeout: float, s3_endpoint: str | None = None, pin: str | None = None,
             allowed: tuple[str, ...] = (), extra_env: dict[str, str] | None = None) -> dict:
     """A fresh worker with the stand-in; ``runs`` jobs of ``items`` through it, one after another."""
-    from faceq.devstack import WorkerProcess, free_port
-    from faceq.ledger import Ledger
+    from devstack.processes import WorkerProcess, free_port
+    from faceq.job.ledger import Ledger
     from faceq.settings import Settings, default_concurrency
-    from faceq.storage import open_storage
+    from faceq.storage.store import open_storage
 
     port = free_port()
     env = base_env | {"FACEQ_STORAGE_URL": storage_url, "FACEQ_MODEL_ARCH": "null", "FACEQ_MAX_BATCH": str(CHUNK),
@@ -249,8 +249,8 @@ SECTIONS = ("dataloader", "crop_file", "crop_file_one_core", "crop_s3", "detect"
 def run(base_env: dict[str, str], workdir: Path, s3_endpoint: str | None, quick: bool = False,
         timeout: float = 1800, only: tuple[str, ...] = SECTIONS, sizes: dict | None = None,
         extra_env: dict[str, str] | None = None) -> dict:
-    from faceq.jobs import Item
-    from faceq.storage import open_storage
+    from faceq.job.spec import Item
+    from faceq.storage.store import open_storage
 
     sizes = (QUICK if quick else FULL) | (sizes or {})
     runs = sizes["runs"]
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench import record
     from bench.pipeline import python_env
-    from faceq.devstack import RedisServer
+    from devstack.processes import RedisServer
 
     parser = argparse.ArgumentParser(prog="python -m bench pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -65,10 +65,10 @@ def throughput(path, photos: list[bytes], batch: int, min_seconds: float) -> dic
 
 def parity(path, photos: list[bytes], detector_weights: str, arch: str, device: str) -> dict:
     """The device path against the CPU path on each distinct photo."""
-    from models.detect import FaceDetector
-    from models.preprocess import decode_image, detect_faces
-    from models.weights import LoadedModel, load_model
-    from workers.engine import Engine
+    from faceq.models.detect import FaceDetector
+    from faceq.models.preprocess import decode_image, detect_faces
+    from faceq.models.weights import LoadedModel, load_model
+    from faceq.workers.engine import Engine
 
     cpu_detector = FaceDetector(detector_weights)
     engine = Engine(LoadedModel(load_model(None, arch, seed=0).model, "parity", random_weights=True), device,
@@ -97,7 +97,7 @@ def parity(path, photos: list[bytes], detector_weights: str, arch: str, device: 
 
 def device_detect_section(device: str, detector_weights: str, n_photos: int, batch: int, min_seconds: float,
                           arch: str) -> dict:
-    from models.device_detect_path import build_device_detect_path
+    from faceq.models.device_detect_path import build_device_detect_path
 
     path = build_device_detect_path(detector_weights, device, 1 << 30, 1 << 30, 0.7, 1280, 10)
     photos = bench_photos(n_photos)

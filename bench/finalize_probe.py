@@ -1,7 +1,7 @@
 """``python -m bench.finalize_probe STORAGE_URL JOB_ID``: finalize a job's current run again, alone.
 
 Run as its own process by ``python -m bench scale`` so that its time and peak RSS are those
-of ``faceq.summary.finalize`` (plus the interpreter and imports), not of a worker. Reads the
+of ``faceq.outputs.summary.finalize`` (plus the interpreter and imports), not of a worker. Reads the
 run named in ``jobs/<id>/current.json``, rewrites its review.csv (and report.html if the job
 has one) and summary.json — idempotent: the same parts give the same files — and prints one
 JSON line: seconds, rows, peak RSS.
@@ -18,11 +18,11 @@ from contextlib import nullcontext
 
 def main(argv: list[str]) -> int:
     storage_url, job_id = argv
-    from faceq import jobs
-    from faceq.jobs import JobHeader
+    from faceq.job import spec as jobs
+    from faceq.job.spec import JobHeader
     from faceq.settings import TrustThresholds
-    from faceq.storage import open_storage
-    from faceq.summary import finalize
+    from faceq.storage.store import open_storage
+    from faceq.outputs.summary import finalize
 
     storage = open_storage(storage_url)
     run_id = json.loads(storage.get_bytes(jobs.current_run_key(job_id)))["run_id"]

@@ -55,8 +55,8 @@ def chunk_timing(chunk_stats: dict[int, dict], n_items: int, submitted_at: float
 
 def check_one_row_per_item(storage, job_id: str, n_items: int) -> dict:
     """Every part of the job read back with this host's pyarrow: one row per item, by status."""
-    from faceq import jobs
-    from faceq.results import read_parquet
+    from faceq.job import spec as jobs
+    from faceq.outputs.results import read_parquet
 
     summary = json.loads(storage.get_bytes(jobs.summary_key(job_id)))
     item_ids: list[str] = []
@@ -74,7 +74,7 @@ def check_one_row_per_item(storage, job_id: str, n_items: int) -> dict:
 
 def run_job(ledger, storage, settings, items, job_id: str, mode: str, chunk: int, allowed: tuple[str, ...],
             timeout: float, stall_seconds: float) -> dict:
-    from producer.submit import JobOptions, submit
+    from faceq.producer.submit import JobOptions, submit
 
     started, wall = time.perf_counter(), time.time()
     submit(settings, storage, ledger, items=items, source="bench-gpu", job_id=job_id, allowed_sources=allowed,
@@ -132,11 +132,11 @@ class GpuBusy:
 def smoke(args, sizes: dict, workdir: Path, document: dict) -> None:
     """Fills ``document`` as it goes, so a failure still reports what was measured before it."""
     from bench.datapath import dataloader, write_crops, write_photos
-    from faceq.devstack import RedisServer
-    from faceq.jobs import Item
-    from faceq.ledger import Ledger
+    from devstack.processes import RedisServer
+    from faceq.job.spec import Item
+    from faceq.job.ledger import Ledger
     from faceq.settings import Settings, default_concurrency
-    from faceq.storage import open_storage
+    from faceq.storage.store import open_storage
 
     document["bare_model"] = bare_models(args.arch, args.device, args.precisions, args.modes, sizes)
     if args.detect_device:  # the device detect path in-process: photos/s, CPU by stage, parity
@@ -180,7 +180,7 @@ def smoke(args, sizes: dict, workdir: Path, document: dict) -> None:
 
 
 def _heartbeat(ledger, hostname: str) -> dict:
-    from faceq.heartbeats import read_heartbeats
+    from faceq.queue.heartbeats import read_heartbeats
 
     return next((beat for beat in read_heartbeats(ledger.redis) if beat["worker"] == hostname), {})
 

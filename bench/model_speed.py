@@ -7,11 +7,11 @@ import time
 import numpy as np
 import torch
 
-from models.rts import embed_and_score
-from models.weights import load_model
-from workers.batcher import MicroBatcher
-from workers.engine import Engine, resolve_device, resolve_precision
-from workers.graph import GraphSet, prepare_network, resolve_inference, wrap_forward
+from faceq.models.rts import embed_and_score
+from faceq.models.weights import load_model
+from faceq.workers.batcher import MicroBatcher
+from faceq.workers.engine import Engine, resolve_device, resolve_precision
+from faceq.workers.graph import GraphSet, prepare_network, resolve_inference, wrap_forward
 
 
 def _sync(device: torch.device) -> None:

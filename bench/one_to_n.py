@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 
 from faceq.gallery import GALLERY_SCHEMA, Enrolment, GalleryStore
-from faceq.storage import open_storage
-from workers.engine import resolve_device
-from workers.galleries import GalleryCache
+from faceq.storage.store import open_storage
+from faceq.workers.engine import resolve_device
+from faceq.workers.galleries import GalleryCache
 
 
 def _unit_rows(rng: np.random.Generator, n: int) -> np.ndarray:

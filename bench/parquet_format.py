@@ -1,6 +1,6 @@
 """``python -m bench.parquet_format``: the vector columns as fixed-size lists against plain lists.
 
-How the choice in ``faceq/results.py`` (``VECTOR_TYPE``) was made: one chunk's part (1,024 rows,
+How the choice in ``faceq/outputs/results.py`` (``VECTOR_TYPE``) was made: one chunk's part (1,024 rows,
 10 % error rows without an embedding) written and read back both ways, median of repeats, as
 one JSON document: bytes, ms to write, ms to read, ms to turn the embeddings into an (N, 512)
 float32 array, and whether this pyarrow can read the part back at all.

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from faceq.devstack import WorkerProcess, free_port, process_tree
-from faceq.heartbeats import read_heartbeats
-from faceq.jobs import Item
-from faceq.ledger import Ledger
+from devstack.processes import WorkerProcess, free_port, process_tree
+from faceq.queue.heartbeats import read_heartbeats
+from faceq.job.spec import Item
+from faceq.job.ledger import Ledger
 from faceq.settings import Settings, default_concurrency
-from faceq.storage import Storage, open_storage
-from producer.samples import draw_face, encode
-from producer.submit import JobOptions, submit
+from faceq.storage.store import Storage, open_storage
+from devstack.samples import draw_face, encode
+from faceq.producer.submit import JobOptions, submit
 
 
 def cpu_seconds(pid: int) -> float:

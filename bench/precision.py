@@ -17,10 +17,10 @@ import torch
 
 from bench import record
 from faceq.errors import ModelError
-from models.preprocess import crop_face
-from models.weights import LoadedModel, load_model
-from producer.samples import draw_face
-from workers.engine import Engine
+from faceq.models.preprocess import crop_face
+from faceq.models.weights import LoadedModel, load_model
+from devstack.samples import draw_face
+from faceq.workers.engine import Engine
 
 
 def randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -6,7 +6,7 @@ For each N, in a fresh private redis-server and a temporary ``file://`` storage:
    is streamed to disk; its images are 64 distinct 112×112 JPEG crops (``crops/`` beside the
    manifest), each referenced over and over;
 2. the producer plans and enqueues it as users run it, in a subprocess
-   (``python -m producer attendance … --mode crop --no-report``, ``FACEQ_CHUNK_SIZE=256``):
+   (``python -m faceq.producer attendance … --mode crop --no-report``, ``FACEQ_CHUNK_SIZE=256``):
    wall seconds and peak RSS (``/usr/bin/time -f %M``);
 3. with no worker running: the Redis bytes of the queued job (``INFO`` used_memory before and
    after, and ``MEMORY USAGE`` of the queue and of the job's ledger keys), the manifest's bytes
@@ -15,7 +15,7 @@ For each N, in a fresh private redis-server and a temporary ``file://`` storage:
 4. workers running the zero-cost stand-in (``FACEQ_MODEL_ARCH=null``) process the job:
    end-to-end items/s from the moment they are ready until the summary is written. With
    ``--no-process N`` that N is not processed: its parts are synthesised instead
-   (``faceq.results.chunk_part_bytes``, rows the stand-in would have written for the same
+   (``faceq.outputs.results.chunk_part_bytes``, rows the stand-in would have written for the same
    crops), so finalize is still measured on N real-sized parts;
 5. finalize runs again in a process of its own (``python -m bench.finalize_probe``): seconds
    and peak RSS.
@@ -54,7 +54,7 @@ TARGETS = {"producer_peak_rss_mb": 300, "producer_seconds": 60, "redis_mb_queued
 
 def write_inputs(folder: Path, n: int, seed: int = 1) -> Path:
     """``N_CROPS`` distinct crops under ``folder/crops`` and a manifest of ``n`` rows, streamed."""
-    from producer.samples import draw_face, encode
+    from devstack.samples import draw_face, encode
 
     crops = folder / "crops"
     crops.mkdir(parents=True, exist_ok=True)
@@ -137,7 +137,7 @@ def cpu_seconds(pid: int) -> float:
 def process(env: dict[str, str], workdir: Path, ledger, job_id: str, n_items: int, n_workers: int,
             timeout: float) -> dict:
     """Workers with the stand-in until the job's summary is written; items/s from when all are ready."""
-    from faceq.devstack import WorkerProcess, free_port
+    from devstack.processes import WorkerProcess, free_port
 
     workers = [WorkerProcess(env, workdir / f"worker-{k}.log", concurrency=2,
                              hostname=f"scale-{k}-{free_port()}@localhost") for k in range(n_workers)]
@@ -183,15 +183,15 @@ def synthesise_parts(storage_url: str, job_id: str, crops_dir: Path) -> dict:
     """Write the parts a stand-in worker would have written, without Redis or a worker: every
     chunk's manifest is read, its rows built (the stand-in's outputs for the same crops) and
     written with ``chunk_part_bytes``."""
-    from faceq import jobs
-    from faceq.jobs import JobHeader
-    from faceq.manifest import read_chunk_manifest
-    from faceq.results import ItemResult, chunk_part_bytes
+    from faceq.job import spec as jobs
+    from faceq.job.spec import JobHeader
+    from faceq.job.manifest import read_chunk_manifest
+    from faceq.outputs.results import ItemResult, chunk_part_bytes
     from faceq.settings import TrustThresholds
-    from faceq.storage import open_storage
-    from models.decisions import review_reasons
-    from models.null import NULL_MODEL_ID, NullModel
-    from models.preprocess import crop_face, decode_image
+    from faceq.storage.store import open_storage
+    from faceq.models.decisions import review_reasons
+    from faceq.models.null import NULL_MODEL_ID, NullModel
+    from faceq.models.preprocess import crop_face, decode_image
 
     storage = open_storage(storage_url)
     run_id = json.loads(storage.get_bytes(jobs.current_run_key(job_id)))["run_id"]
@@ -225,8 +225,8 @@ def synthesise_parts(storage_url: str, job_id: str, crops_dir: Path) -> dict:
 
 
 def measure(n: int, workdir: Path, *, do_process: bool, n_workers: int, timeout: float) -> dict:
-    from faceq.devstack import RedisServer
-    from faceq.ledger import Ledger
+    from devstack.processes import RedisServer
+    from faceq.job.ledger import Ledger
 
     from bench.pipeline import python_env
 
@@ -243,7 +243,7 @@ def measure(n: int, workdir: Path, *, do_process: bool, n_workers: int, timeout:
                               "FACEQ_CHUNK_SIZE": str(CHUNK_SIZE), "FACEQ_MODEL_ARCH": "null", "FACEQ_MODES": "crop"}
         client = redis_server.client()
         used_before = int(client.info("memory")["used_memory"])
-        produced = run_measured([sys.executable, "-m", "producer", "attendance", str(manifest), "--job-id", job_id,
+        produced = run_measured([sys.executable, "-m", "faceq.producer", "attendance", str(manifest), "--job-id", job_id,
                                  "--mode", "crop", "--no-report", "--no-progress"], env, workdir / "producer.log")
         result |= {"producer_seconds": produced["seconds"], "producer_peak_rss_mb": produced["peak_rss_mb"]}
         result |= redis_figures(client, job_id, used_before)

@@ -9,7 +9,7 @@ __version__ = "0.2.0"
 def __getattr__(name: str):
     """``from faceq import Client`` without importing the producer when only the core is used."""
     if name in ("Client", "Job"):
-        from producer import client
+        from faceq.producer import client
 
         return getattr(client, name)
     raise AttributeError(f"module 'faceq' has no attribute {name!r}")

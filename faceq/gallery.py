@@ -13,7 +13,7 @@ Layout in storage::
                                             likely duplicate identities
     galleries/<name>/current.json           {"version": N}: what new attendance jobs match against
     galleries/<name>/verdicts.parquet       reviewers' verdicts on this gallery's check-ins
-                                            (faceq.verdicts): shown beside later flags
+                                            (faceq.outputs.verdicts): shown beside later flags
 
 A template is the quality-weighted mean of an employee's enrolment embeddings whose quality
 passes the enrolment threshold, re-normalised to unit length. Versions are never rewritten:
@@ -35,10 +35,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from faceq.errors import BadInputError, JobError
-from faceq.ids import look_alike_pair, normalise_employee_id, shown
-from faceq.jobs import validate_name
-from faceq.results import open_parquet, read_parquet
-from faceq.storage import Storage
+from faceq.job.ids import look_alike_pair, normalise_employee_id, shown
+from faceq.job.spec import validate_name
+from faceq.outputs.results import open_parquet, read_parquet
+from faceq.storage.store import Storage
 
 EMBEDDING_DIM = 512
 
@@ -199,7 +199,7 @@ def duplicates_involving(employees: list[str], templates: np.ndarray, touched: s
 
 def check_employee_ids(gallery: str, employee_ids: list[str], new: set[str]) -> None:
     """Refuse (JobError, both ids named) a ``new`` id that is not in NFC, holds an invisible or
-    direction character, or looks like another id of the gallery (``faceq.ids``). The producer
+    direction character, or looks like another id of the gallery (``faceq.job.ids``). The producer
     refuses these at planning; this is the check a plan written by anyone else still meets."""
     for employee_id in sorted(new):
         try:
@@ -244,7 +244,7 @@ class GalleryStore:
     def current_version(self, name: str) -> int:
         key = f"{_prefix(validate_gallery_name(name))}current.json"
         if not self.storage.exists(key):
-            raise JobError(f"no gallery {name!r} in {self.storage.url}: enrol it first (python -m producer enroll)")
+            raise JobError(f"no gallery {name!r} in {self.storage.url}: enrol it first (python -m faceq.producer enroll)")
         return int(json.loads(self.storage.get_bytes(key))["version"])
 
     def _version(self, name: str, version: int | None) -> int:

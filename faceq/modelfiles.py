@@ -1,6 +1,6 @@
 """Where the model files live, what they must be, and which are installed (no torch, no network).
 
-``faceq models fetch`` (``faceq.modelfetch``) puts DAMO's RTS checkpoint and OpenCV Zoo's YuNet
+``faceq models fetch`` (``faceq.producer.models_fetch``) puts DAMO's RTS checkpoint and OpenCV Zoo's YuNet
 in one folder, ``FACEQ_MODEL_DIR`` (default ``$XDG_CACHE_HOME/faceq/models``, else
 ``~/.cache/faceq/models``), and records what it verified in ``installed.json`` there. The
 settings look there when ``FACEQ_MODEL_WEIGHTS`` / ``FACEQ_DETECTOR_WEIGHTS`` are unset, so
@@ -92,7 +92,7 @@ def default_model_dir() -> Path:
 
 
 def model_id_for(arch: str, sha256: str) -> str:
-    """The ``model_id`` rows carry for a checkpoint (``models.weights.load_model`` uses it too)."""
+    """The ``model_id`` rows carry for a checkpoint (``faceq.models.weights.load_model`` uses it too)."""
     return f"rts-{arch}-sha256:{sha256[:16]}"
 
 

@@ -54,7 +54,7 @@ def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
 
 
 def _modes(raw: str) -> tuple[str, ...]:
-    from faceq.jobs import MODES
+    from faceq.job.spec import MODES
 
     modes = tuple(m.strip() for m in raw.split(",") if m.strip())
     unknown = [m for m in modes if m not in MODES]
@@ -134,12 +134,12 @@ class Settings:
 
     def open_storage(self):
         """The configured storage, retrying outages for ``storage_retry_seconds``."""
-        from faceq.storage import open_storage
+        from faceq.storage.store import open_storage
 
         return open_storage(self.storage_url, self.s3_endpoint_url, self.storage_retry_seconds)
 
     def open_ledger(self):
-        from faceq.ledger import Ledger
+        from faceq.job.ledger import Ledger
 
         return Ledger.from_url(self.broker_url, self.ledger_retention_seconds)
 
@@ -192,7 +192,7 @@ class Settings:
 
 
 def default_concurrency(device: str) -> int:
-    """Chunk tasks a worker runs at once unless told (``python -m workers --concurrency``).
+    """Chunk tasks a worker runs at once unless told (``python -m faceq.workers --concurrency``).
 
     A GPU: 4, so that while one chunk is on the device the next is being read and the last
     written. The CPU: 3. With decoding children, two tasks often sit in their serial parts

@@ -12,7 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-INPUT_SIZE = 112  # the aligned crop's side: the network's input (models.rts re-exports it)
+INPUT_SIZE = 112  # the aligned crop's side: the network's input (faceq.models.rts re-exports it)
 
 # ArcFace landmarks for a 96×112 crop (left eye, right eye, nose, left and right mouth
 # corner, as they appear in the image), shifted by 8 px to centre them in 112×112.

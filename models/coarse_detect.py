@@ -1,6 +1,6 @@
 """Detect mode, coarse to fine: the full search's faces, landmarks and aligned crops, with less work.
 
-The full path (``models.preprocess.detect_faces``) decodes the whole photo, shrinks it with
+The full path (``faceq.models.preprocess.detect_faces``) decodes the whole photo, shrinks it with
 ``INTER_AREA`` to the search size (longest side ``FaceDetector.max_side``, 1280) and runs YuNet on
 all of it. Here:
 
@@ -10,7 +10,7 @@ all of it. Here:
    ``CONTEXT`` search pixels on every side (YuNet's landmarks depend on that much surrounding
    image: with less they move by pixels), its corners on YuNet's 32-pixel stride grid and on
    whole photo pixels of the ``INTER_AREA`` resize — is rebuilt from full-resolution pixels of
-   that region only (``models.jpeg_region.decode_region``, bit-identical to a full decode) and
+   that region only (``faceq.models.jpeg_region.decode_region``, bit-identical to a full decode) and
    resized with the same factor. Those pixels are exactly the full search's pixels, and YuNet
    sees them on the same stride grid, so it reports the same box and landmarks (to float
    rounding). YuNet's score threshold there is the full search's: it decides what is a face.
@@ -42,10 +42,10 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from models.align import ARCFACE_TEMPLATE, INPUT_SIZE, similarity_transform
-from models.detect import Detection, FaceDetector, usable_faces
-from models.jpeg_region import FULL_DECODE_SHARE, PlainJpeg, decode_full, decode_region, decode_scaled, plain_jpeg
-from models.preprocess import FaceCrop, PreparedImage
+from faceq.models.align import ARCFACE_TEMPLATE, INPUT_SIZE, similarity_transform
+from faceq.models.detect import Detection, FaceDetector, usable_faces
+from faceq.models.jpeg_region import FULL_DECODE_SHARE, PlainJpeg, decode_full, decode_region, decode_scaled, plain_jpeg
+from faceq.models.preprocess import FaceCrop, PreparedImage
 
 COARSE_SCORE = 0.3  # candidates only: the fine pass applies the full search's threshold
 RECALL_RATIO = 0.75  # coarse scale / search scale that keeps every face the full search finds
@@ -65,7 +65,7 @@ class Region:
 
 @dataclass
 class StageSeconds:
-    """Thread CPU seconds per stage of one photo (workers.stage_cpu's coarse-path stages)."""
+    """Thread CPU seconds per stage of one photo (faceq.workers.stage_cpu's coarse-path stages)."""
     coarse_decode: float = 0.0
     coarse_detect: float = 0.0
     region_decode: float = 0.0
@@ -253,7 +253,7 @@ def _photo_pixels(jpeg: PlainJpeg, region: Region, full: np.ndarray | None) -> n
 
 def _align_in_region(pixels: np.ndarray, region: Region, landmarks: np.ndarray,
                      photo_size: tuple[int, int]) -> np.ndarray | None:
-    """``models.align.align_face`` on the whole photo, computed from the region's pixels: the same
+    """``faceq.models.align.align_face`` on the whole photo, computed from the region's pixels: the same
     inverse map (OpenCV's own inversion), moved by the region's offset. ``None`` when the crop
     samples photo pixels outside the region."""
     matrix = similarity_transform(np.asarray(landmarks, dtype=np.float32).reshape(5, 2), ARCFACE_TEMPLATE)

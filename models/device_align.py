@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from models.align import ARCFACE_TEMPLATE, INPUT_SIZE, similarity_transform
+from faceq.models.align import ARCFACE_TEMPLATE, INPUT_SIZE, similarity_transform
 
 
 def sampling_grid(landmarks: np.ndarray, height: int, width: int) -> torch.Tensor:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from faceq.errors import BadInputError
-from models.preprocess import decode_image, jpeg_orientation
+from faceq.models.preprocess import decode_image, jpeg_orientation
 
 try:  # optional: a header check without decoding
     import simplejpeg

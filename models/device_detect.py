@@ -16,10 +16,10 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from models.area_resize import resize_area
-from models.detect import Detection
-from models.yunet_decode import faces_per_image
-from models.yunet_torch import DIVISOR, load_yunet
+from faceq.models.area_resize import resize_area
+from faceq.models.detect import Detection
+from faceq.models.yunet_decode import faces_per_image
+from faceq.models.yunet_torch import DIVISOR, load_yunet
 
 
 def search_size(height: int, width: int, max_side: int) -> tuple[float, int, int]:

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from faceq.errors import BadInputError
-from models.align import INPUT_SIZE
-from models.detect import usable_faces
-from models.device_align import align_into
-from models.device_decode import PhotoDecoder
-from models.device_detect import DeviceFaceDetector
-from models.preprocess import FaceCrop, PreparedImage
+from faceq.models.align import INPUT_SIZE
+from faceq.models.detect import usable_faces
+from faceq.models.device_align import align_into
+from faceq.models.device_decode import PhotoDecoder
+from faceq.models.device_detect import DeviceFaceDetector
+from faceq.models.preprocess import FaceCrop, PreparedImage
 
 log = logging.getLogger(__name__)
 

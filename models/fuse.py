@@ -18,7 +18,7 @@ import copy
 import torch
 from torch import nn
 
-from models.rts import BottleneckIRSE, RTSNet
+from faceq.models.rts import BottleneckIRSE, RTSNet
 
 
 def _scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:

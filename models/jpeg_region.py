@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.preprocess import plain_jpeg_header
+from faceq.models.preprocess import plain_jpeg_header
 
 try:  # optional: without them every photo takes the full-resolution path
     import simplejpeg

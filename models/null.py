@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.rts import EMBEDDING_DIM, INPUT_SIZE
+from faceq.models.rts import EMBEDDING_DIM, INPUT_SIZE
 
 NULL_ARCH = "null"
 NULL_MODEL_ID = "null-standin-NOT-A-MODEL"

@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from faceq.errors import BadInputError
-from models.align import INPUT_SIZE, align_face
-from models.detect import FaceDetector, usable_faces
+from faceq.models.align import INPUT_SIZE, align_face
+from faceq.models.detect import FaceDetector, usable_faces
 
 try:  # optional: without it every image goes through Pillow (same pixels, more CPU, more GIL)
     import simplejpeg

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.align import INPUT_SIZE  # noqa: F401  (the network's input side; align.py owns it, torch-free)
+from faceq.models.align import INPUT_SIZE  # noqa: F401  (the network's input side; align.py owns it, torch-free)
 EMBEDDING_DIM = 512
 
 

@@ -2,7 +2,7 @@
 
 Every output row carries the returned ``model_id`` so nobody mistakes numbers from random
 weights for real scores: ``rts-ir_se_64-sha256:<16 hex>`` or ``rts-ir_se_64-random-seed0``.
-``FACEQ_MODEL_ARCH=null`` selects the zero-cost stand-in of ``models.null`` instead
+``FACEQ_MODEL_ARCH=null`` selects the zero-cost stand-in of ``faceq.models.null`` instead
 (``null-standin-NOT-A-MODEL``): no network, no checkpoint.
 """
 
@@ -19,8 +19,8 @@ import torch
 
 from faceq.errors import ModelError
 from faceq.modelfiles import model_id_for
-from models.null import NULL_ARCH, NULL_MODEL_ID, STAND_IN_WARNING, NullModel
-from models.rts import ARCHITECTURES, RTSNet
+from faceq.models.null import NULL_ARCH, NULL_MODEL_ID, STAND_IN_WARNING, NullModel
+from faceq.models.rts import ARCHITECTURES, RTSNet
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class LoadedModel:
 
 def _read_checkpoint_bytes(source: str, s3_endpoint_url: str | None) -> bytes:
     if source.startswith("s3://"):
-        from faceq.storage import S3Storage, split_s3_uri
+        from faceq.storage.store import S3Storage, split_s3_uri
 
         bucket, _ = split_s3_uri(source)
         return S3Storage(bucket, endpoint_url=s3_endpoint_url).read_uri(source)

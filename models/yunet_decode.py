@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from models.yunet_torch import STRIDES
+from faceq.models.yunet_torch import STRIDES
 
 
 def _anchors(pad_h: int, pad_w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

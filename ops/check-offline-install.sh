@@ -3,7 +3,7 @@
 #   1. a fresh venv that already has torch, as a CUDA host's image does (installed with the network);
 #   2. the README's two commands, run in a network namespace of their own: no route anywhere, so
 #      pip can only use the wheelhouse;
-#   3. a real job through a worker installed that way (`python -m producer.demo`: a private
+#   3. a real job through a worker installed that way (`python -m devstack.demo`: a private
 #      redis-server on loopback, one worker, one audit job with broken files), still offline.
 # Usage: ops/check-offline-install.sh PYTHON TORCH_VERSION WHEELHOUSE
 set -euo pipefail
@@ -30,7 +30,7 @@ unshare -rn bash -euo pipefail -c '
   venv/bin/pip install --no-index --find-links '"$wheelhouse"' faceq
   venv/bin/pip check
   venv/bin/faceq --version
-  venv/bin/python -m producer.demo
+  venv/bin/python -m devstack.demo
 '
 test -s "$work/demo-output/store/jobs" -o -d "$work/demo-output/store/jobs"
 echo "offline install: OK (wheelhouse $wheelhouse, torch $torch_version already on the host)"

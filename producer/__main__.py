@@ -1,4 +1,4 @@
-"""``faceq`` (or ``python -m producer``): submit audit, attendance, enrolment and compare jobs, follow
+"""``faceq`` (or ``python -m faceq.producer``): submit audit, attendance, enrolment and compare jobs, follow
 them, read their results. Built on the Python client (``from faceq import Client``).
 
 Commands that only read (status, jobs, report, …) give up within seconds when storage or the
@@ -24,23 +24,23 @@ from pathlib import Path
 import redis
 
 import faceq
-from faceq import jobs
-from faceq.broker import broker_problem
+from faceq.job import spec as jobs
+from faceq.queue.broker import broker_problem
 from faceq.errors import FaceqError, JobError
-from faceq.heartbeats import read_heartbeats
-from faceq.ledger import JobProgress
+from faceq.queue.heartbeats import read_heartbeats
+from faceq.job.ledger import JobProgress
 from faceq.redact import install_log_redaction, redact_text, redact_url
 from faceq.retry import REDIS_ERRORS, retry_call
 from faceq.settings import ENV_VARS, Settings
-from faceq.storage import Storage
-from faceq.placeholder import is_random, warning_for
-from producer import models_command
-from producer.client import Client, Job
-from producer.progress import JobStateLost, finished_summary, lost_state_message, workers_online
-from producer.report import fetch_report
-from producer.resume import current_header
-from producer.suggest import SuggestingParser
-from producer.tables import jobs_table, status_lines
+from faceq.storage.store import Storage
+from faceq.outputs.placeholder import is_random, warning_for
+from faceq.producer import models_command
+from faceq.producer.client import Client, Job
+from faceq.producer.progress import JobStateLost, finished_summary, lost_state_message, workers_online
+from faceq.producer.report import fetch_report
+from faceq.producer.resume import current_header
+from faceq.producer.suggest import SuggestingParser
+from faceq.producer.tables import jobs_table, status_lines
 
 log = logging.getLogger("producer")
 
@@ -129,13 +129,13 @@ def build_parser(prog: str = "faceq") -> argparse.ArgumentParser:
 
 
 def _nfc(value: str) -> str:
-    """An employee id as the gallery stores it (Unicode NFC, faceq.ids)."""
+    """An employee id as the gallery stores it (Unicode NFC, faceq.job.ids)."""
     return unicodedata.normalize("NFC", value)
 
 
 def _add_review_commands(commands) -> None:
     """verdict, verdicts and gallery show / photos / remove (the review loop and gallery upkeep)."""
-    from faceq.verdicts import VERDICTS
+    from faceq.outputs.verdicts import VERDICTS
 
     verdict = commands.add_parser("verdict", help="record a reviewer's verdict on one item of a finished job")
     verdict.add_argument("job_id")
@@ -231,7 +231,7 @@ def _wait(args, client: Client, job: Job) -> int:
                   f"until one starts", file=sys.stderr)
     except Exception as exc:  # the broker is down: waiting says so and keeps trying
         log.debug("ping failed: %s", exc)
-    from producer.progress import wait_for_job
+    from faceq.producer.progress import wait_for_job
 
     def follow() -> dict:
         return wait_for_job(client.ledger, client.storage, job.job_id, timeout=args.timeout,
@@ -351,7 +351,7 @@ def _review_command(args, client: Client) -> int:
         print(json.dumps(client.job(args.job_id).verdicts(latest=args.latest), indent=2, default=str))
         return EXIT_OK
     if args.command == "review":
-        from producer.review_server import ReviewServer
+        from faceq.producer.review_server import ReviewServer
 
         server = ReviewServer(client, args.job_id, port=args.port, reviewer=args.reviewer)
         print(f"review page for job {args.job_id}: {server.url}  (only this URL works; Ctrl-C stops it)", flush=True)
@@ -370,7 +370,7 @@ def _review_command(args, client: Client) -> int:
         if not photos:
             raise JobError(f"gallery {args.name} records no enrolment photo of {args.employee_id!r}")
         if args.out:
-            from faceq.report import enrolment_photos_page
+            from faceq.outputs.report import enrolment_photos_page
 
             args.out.write_text(enrolment_photos_page(client.storage, args.name, args.employee_id, photos))
             print(f"wrote {args.out}")
@@ -383,7 +383,7 @@ def _review_command(args, client: Client) -> int:
 
 
 def _resume(args, client: Client) -> int:
-    from producer.resume import resume
+    from faceq.producer.resume import resume
 
     resumed = resume(client.storage, client.ledger, args.job_id, client.settings.broker_url)
     if resumed.already_complete:
@@ -452,4 +452,4 @@ def _broker_url(args) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python -m producer"))
+    sys.exit(main(prog="python -m faceq.producer"))

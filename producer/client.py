@@ -28,25 +28,25 @@ from typing import Iterable, Mapping
 import pyarrow as pa
 import redis
 
-from faceq import jobs
-from faceq.allow import AllowedSources, is_uri
-from faceq.broker import broker_problem, check_broker_url
+from faceq.job import spec as jobs
+from faceq.storage.allow import AllowedSources, is_uri
+from faceq.queue.broker import broker_problem, check_broker_url
 from faceq.errors import ConfigError, JobError
 from faceq.gallery import GalleryStore
-from faceq.heartbeats import read_heartbeats
-from faceq.jobs import JobHeader
-from faceq.localfiles import read_regular_file
-from faceq.placeholder import marked
-from faceq.ledger import JobProgress, Ledger
+from faceq.queue.heartbeats import read_heartbeats
+from faceq.job.spec import JobHeader
+from faceq.storage.localfiles import read_regular_file
+from faceq.outputs.placeholder import marked
+from faceq.job.ledger import JobProgress, Ledger
 from faceq.redact import redact_url
-from faceq.results import read_parquet
+from faceq.outputs.results import read_parquet
 from faceq.settings import Settings
-from faceq.storage import Storage, canonical_storage_url
-from producer import sources
-from producer.progress import finished_summary, wait_for_job
-from producer.resume import current_header, resume
-from producer.submit import JobOptions, new_job_id, submit
-from producer.workermodes import mode_refusal
+from faceq.storage.store import Storage, canonical_storage_url
+from faceq.producer import sources
+from faceq.producer.progress import finished_summary, wait_for_job
+from faceq.producer.resume import current_header, resume
+from faceq.producer.submit import JobOptions, new_job_id, submit
+from faceq.producer.workermodes import mode_refusal
 
 
 @dataclass
@@ -95,14 +95,14 @@ class Job:
         """A reviewer's verdict on one item of this finished job: ``confirmed``, ``rejected`` or
         ``retake``, with a note. Stored in jobs/<id>/verdicts.parquet (and the gallery's verdict
         index, so later reports show it beside the same employee). Returns the stored row."""
-        from faceq import verdicts
+        from faceq.outputs import verdicts
 
         return verdicts.record(self.client.storage, self.job_id, item_id, verdict, note,
                                reviewer or default_reviewer(), lock=self.client.verdict_lock)
 
     def verdicts(self, latest: bool = False) -> list[dict]:
         """Every verdict recorded on this job, oldest first; ``latest``: only the newest per item."""
-        from faceq import verdicts
+        from faceq.outputs import verdicts
 
         table = verdicts.read(self.client.storage, verdicts.job_verdicts_key(self.job_id))
         return list(verdicts.latest_per_item(table).values()) if latest else table.to_pylist()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from faceq.errors import FaceqError
 from faceq.modelfiles import listing, load_manifest
-from faceq.placeholder import FETCH_HINT
+from faceq.outputs.placeholder import FETCH_HINT
 from faceq.redact import redact_text
 from faceq.settings import Settings
 
@@ -63,7 +63,7 @@ def _state(settings: Settings, model_dir: Path) -> dict:
 
 
 def _fetch(args: argparse.Namespace, model_dir: Path, settings_dir: Path) -> int:
-    from faceq.modelfetch import fetch
+    from faceq.producer.models_fetch import fetch
 
     progress = not args.no_progress and sys.stderr.isatty()
     manifest = load_manifest(args.manifest)

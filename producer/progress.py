@@ -15,10 +15,10 @@ from typing import Callable
 from tqdm import tqdm
 
 from faceq.errors import JobError
-from faceq.ledger import JobProgress, Ledger
+from faceq.job.ledger import JobProgress, Ledger
 from faceq.retry import REDIS_ERRORS
-from faceq.storage import Storage
-from producer.resume import committed_summary, current_header
+from faceq.storage.store import Storage
+from faceq.producer.resume import committed_summary, current_header
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +35,14 @@ class WaitResult:
 
 def workers_online(timeout: float = 1.0) -> list[str]:
     """Names of the Celery workers that answer a ping on this broker."""
-    from workers.app import app
+    from faceq.workers.app import app
 
     return sorted(name for reply in app.control.ping(timeout=timeout) or [] for name in reply)
 
 
 def lost_state_message(job_id: str) -> str:
     return (f"job {job_id}: its state is gone from Redis (restarted without persistence, or expired) but its plan "
-            f"is in storage; `python -m producer resume {job_id}` runs only the chunks without results")
+            f"is in storage; `python -m faceq.producer resume {job_id}` runs only the chunks without results")
 
 
 def finished_summary(storage: Storage, job_id: str, run_id: str | None = None) -> dict | None:
@@ -104,12 +104,12 @@ def wait_for_job(
                                         for k, msg in sorted(progress.failed.items())[:3])
                     raise JobError(
                         f"job {job_id} cannot complete: {len(progress.failed)} failure(s) ({reasons}). Fix the cause "
-                        f"and run `python -m producer resume {job_id}` (only chunks without results run again)."
+                        f"and run `python -m faceq.producer resume {job_id}` (only chunks without results run again)."
                     )
             if deadline is not None and time.monotonic() > deadline:
                 done = f"{progress.items_done}/{progress.n_items} items" if progress else "state unknown"
                 raise JobError(f"job {job_id} is not done after {timeout:.0f}s ({done}); follow it with "
-                               f"`python -m producer wait {job_id}`")
+                               f"`python -m faceq.producer wait {job_id}`")
             time.sleep(poll_seconds)
     finally:
         bar.close()

@@ -1,4 +1,4 @@
-"""``python -m producer report``: a job's report.html, fetched or rendered again."""
+"""``python -m faceq.producer report``: a job's report.html, fetched or rendered again."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import json
 import tempfile
 from pathlib import Path
 
-from faceq import jobs
+from faceq.job import spec as jobs
 from faceq.errors import JobError
-from faceq.jobs import JobHeader
-from faceq.report import render_report
+from faceq.job.spec import JobHeader
+from faceq.outputs.report import render_report
 from faceq.redact import redact_url
-from faceq.storage import Storage
-from faceq.summary import write_review
-from producer.resume import current_header
+from faceq.storage.store import Storage
+from faceq.outputs.summary import write_review
+from faceq.producer.resume import current_header
 
 
 def fetch_report(storage: Storage, job_id: str, regenerate: bool = False) -> bytes:
@@ -21,7 +21,7 @@ def fetch_report(storage: Storage, job_id: str, regenerate: bool = False) -> byt
     if not storage.exists(jobs.summary_key(job_id)):
         if current_header(storage, job_id) is None:  # as `faceq status` says it
             raise JobError(f"no job {job_id!r} in {redact_url(storage.url)}")
-        raise JobError(f"job {job_id} has no summary in {storage.url} yet: is it finished? (python -m producer wait)")
+        raise JobError(f"job {job_id} has no summary in {storage.url} yet: is it finished? (python -m faceq.producer wait)")
     summary = json.loads(storage.get_bytes(jobs.summary_key(job_id)))
     key = summary["outputs"]["report"]
     if not regenerate and storage.exists(key):

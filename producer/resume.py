@@ -12,12 +12,12 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from faceq import jobs
+from faceq.job import spec as jobs
 from faceq.errors import JobError
-from faceq.jobs import JobHeader
-from faceq.ledger import Ledger
-from faceq.storage import Storage
-from producer.submit import enqueue, finalize_later
+from faceq.job.spec import JobHeader
+from faceq.job.ledger import Ledger
+from faceq.storage.store import Storage
+from faceq.producer.submit import enqueue, finalize_later
 
 log = logging.getLogger(__name__)
 

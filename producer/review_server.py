@@ -16,7 +16,7 @@ scripts (its Content-Security-Policy forbids them).
 The reviewer's own credentials read the photos, so ``/photo`` reads only what a worker would:
 a row this server listed, whose photo the worker read (no error row), and whose URI passes
 the job's allow-list (``AllowedSources``: the reviewer's ``FACEQ_ALLOWED_SOURCES``, the
-storage root and the roots in the job's header, as in ``workers.service``). Anything else is
+storage root and the roots in the job's header, as in ``faceq.workers.service``). Anything else is
 404 with nothing read: a plan written by someone else cannot make this process fetch
 ``s3://other-bucket/…`` or a local file. Requests are parsed defensively (a Content-Length
 that is missing, malformed or over 16 KiB is refused before any body is read) and served by
@@ -36,15 +36,15 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
-from faceq import jobs
-from faceq.allow import AllowedSources
+from faceq.job import spec as jobs
+from faceq.storage.allow import AllowedSources
 from faceq.errors import BadInputError, FaceqError
 from faceq.httpserve import BoundedHTTPServer
-from faceq.guidance import guidance_for
-from faceq.jobs import JobHeader
-from faceq.report import _CSS, checkin_key, photo, placeholder_banner, render_review_queue
-from faceq.summary import SECTION_ROWS, ReviewQueue, flagged_page, write_review
-from faceq.verdicts import VERDICTS
+from faceq.outputs.guidance import guidance_for
+from faceq.job.spec import JobHeader
+from faceq.outputs.report import _CSS, checkin_key, photo, placeholder_banner, render_review_queue
+from faceq.outputs.summary import SECTION_ROWS, ReviewQueue, flagged_page, write_review
+from faceq.outputs.verdicts import VERDICTS
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ _ANCHOR = re.compile(r"^item-\d+$")
 class ReviewServer:
     def __init__(self, client, job_id: str, port: int = 0, reviewer: str | None = None,
                  page_size: int = SECTION_ROWS):
-        from producer.client import default_reviewer
+        from faceq.producer.client import default_reviewer
 
         self.client = client
         self.storage = client.storage
@@ -76,7 +76,7 @@ class ReviewServer:
         self.summary = self.job.summary
         self.header = JobHeader.from_json(self.storage.get_bytes(jobs.header_key(job_id, self.summary["run_id"])))
         self.alerted = {a["source"] for a in self.summary["alerts"]}
-        # what a worker of this job may read (workers.service.ChunkProcessor.allowed_sources)
+        # what a worker of this job may read (faceq.workers.service.ChunkProcessor.allowed_sources)
         self.allowed = AllowedSources.parse("", (*client.settings.allowed_sources, self.storage.url,
                                                  *self.header.allowed_sources))
         self.reviewer = reviewer or default_reviewer()

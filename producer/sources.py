@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from faceq.allow import AllowedSources, is_under, is_uri, local_path, normalise_uri, split_s3_prefix
+from faceq.storage.allow import AllowedSources, is_under, is_uri, local_path, normalise_uri, split_s3_prefix
 from faceq.errors import BadInputError, JobError, StorageError
-from faceq.ids import LookAlikes, normalise_employee_id, shown
-from faceq.jobs import Item
-from faceq.localfiles import open_regular_file, read_regular_file
+from faceq.job.ids import LookAlikes, normalise_employee_id, shown
+from faceq.job.spec import Item
+from faceq.storage.localfiles import open_regular_file, read_regular_file
 from faceq.redact import redact_text, redact_url
-from faceq.storage import Storage
-from producer.idset import SeenIds
+from faceq.storage.store import Storage
+from faceq.producer.idset import SeenIds
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def iter_s3_prefix(uri: str, s3_endpoint_url: str | None, client=None) -> Iterat
     except BadInputError as exc:
         raise JobError(f"{_short(uri)}: {exc.message}") from None
     if client is None:
-        from faceq.storage import S3Storage
+        from faceq.storage.store import S3Storage
 
         client = S3Storage(bucket, "", endpoint_url=s3_endpoint_url).client
     return UniqueIds(_list_s3(client, bucket, prefix))
@@ -263,7 +263,7 @@ def iter_manifest(
     empty required field, a malformed or forbidden image, a repeated id, no rows — raises
     a one-line ``JobError`` that names ``path:line``. ``non_empty`` defaults to the
     identifying columns among ``required``. An ``employee_id`` is made NFC and refused when it
-    holds an invisible or text-direction character (``faceq.ids``); ``distinct_employees``
+    holds an invisible or text-direction character (``faceq.job.ids``); ``distinct_employees``
     (enrolment) also refuses two ids that look alike, naming both lines.
     """
     source = _ManifestFile(path, s3_endpoint_url)
@@ -437,7 +437,7 @@ class _ManifestFile:
                 raise JobError(f"cannot read manifest {self.name}: {exc.strerror}") from None
 
     def _s3_chunks(self) -> Iterator[bytes]:
-        from faceq.storage import S3Storage
+        from faceq.storage.store import S3Storage
 
         bucket, key = self.s3  # type: ignore[misc]
         try:

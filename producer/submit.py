@@ -25,15 +25,15 @@ from typing import Iterable
 import numpy as np
 from tqdm import tqdm
 
-from faceq import jobs
+from faceq.job import spec as jobs
 from faceq.errors import JobError
 from faceq.gallery import GalleryStore, validate_gallery_name
-from faceq.jobs import Item, JobHeader
-from faceq.ledger import Ledger
-from faceq.manifest import chunk_manifest_bytes
+from faceq.job.spec import Item, JobHeader
+from faceq.job.ledger import Ledger
+from faceq.job.manifest import chunk_manifest_bytes
 from faceq.settings import Settings
-from faceq.storage import Storage
-from producer.sources import LocalItem, stage_batch
+from faceq.storage.store import Storage
+from faceq.producer.sources import LocalItem, stage_batch
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def write_plan(settings: Settings, storage: Storage, *, items: Iterable[Item | L
         gallery_version = GalleryStore(storage).current_version(options.gallery)
     run_id = uuid.uuid4().hex
     chunk_size = options.chunk_size or settings.chunk_size
-    # the sources' iterators (producer.sources) have already refused repeated ids
+    # the sources' iterators (faceq.producer.sources) have already refused repeated ids
     writer = ManifestWriter(storage, job_id, run_id, chunk_size, progress,
                             check_ids=not getattr(items, "unique_ids", False))
     for item in items:
@@ -205,13 +205,13 @@ def submit(settings: Settings, storage: Storage, ledger: Ledger, *, items: Itera
 
 
 def enqueue(header: JobHeader, indices: Iterable[int], broker_url: str | None = None) -> int:
-    """One reference-only message per chunk (``workers.app.send_chunks``)."""
-    from workers.app import send_chunks
+    """One reference-only message per chunk (``faceq.workers.app.send_chunks``)."""
+    from faceq.workers.app import send_chunks
 
     return send_chunks(header, indices, broker_url)
 
 
 def finalize_later(header: JobHeader, broker_url: str | None = None) -> None:
-    from workers.app import send_finalize
+    from faceq.workers.app import send_finalize
 
     send_finalize(header, broker_url)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from faceq.ledger import JobProgress
+from faceq.job.ledger import JobProgress
 
 
 def age(timestamp: float | None, now: float | None = None) -> str:

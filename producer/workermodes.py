@@ -8,7 +8,7 @@ the job is accepted: it waits for a worker, as before.
 
 from __future__ import annotations
 
-from faceq.jobs import MODES
+from faceq.job.spec import MODES
 
 
 def mode_refusal(mode: str, heartbeats: list[dict]) -> str | None:

@@ -16,7 +16,7 @@ import boto3
 import numpy as np
 import pytest
 
-from faceq.devstack import RedisServer, WorkerProcess, free_port
+from devstack.processes import RedisServer, WorkerProcess, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 # Test data only, never committed: see ../shared/models/README.md
@@ -112,8 +112,8 @@ def job_rows(storage, job_id: str):
 
     import pyarrow as pa
 
-    from faceq import jobs
-    from faceq.results import read_parquet
+    from faceq.job import spec as jobs
+    from faceq.outputs.results import read_parquet
 
     prefix = json.loads(storage.get_bytes(jobs.summary_key(job_id)))["outputs"]["results"]
     return pa.concat_tables(read_parquet(storage.get_bytes(k)) for k in storage.list_keys(prefix))

@@ -1,4 +1,4 @@
-"""faceq.allow: manifest values become canonical URIs, and only those under a job's roots pass."""
+"""faceq.storage.allow: manifest values become canonical URIs, and only those under a job's roots pass."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from faceq.allow import FORBIDDEN_MESSAGE, AllowedSources, is_under, normalise_uri, split_s3_prefix
+from faceq.storage.allow import FORBIDDEN_MESSAGE, AllowedSources, is_under, normalise_uri, split_s3_prefix
 from faceq.errors import BadInputError, ConfigError
 
 

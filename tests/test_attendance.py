@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from faceq.storage import open_storage
-from models.weights import load_model
-from producer.samples import draw_face, encode
+from faceq.storage.store import open_storage
+from faceq.models.weights import load_model
+from devstack.samples import draw_face, encode
 from tests.conftest import redis_and_worker, write_csv
 from tests.test_end_to_end import Stack
 

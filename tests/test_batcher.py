@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from workers.batcher import MicroBatcher
+from faceq.workers.batcher import MicroBatcher
 
 
 class RecordingModel:

@@ -28,10 +28,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from faceq.devstack import RedisServer, TcpProxy, WorkerProcess, free_port
-from faceq.results import read_parquet
-from faceq.storage import Storage, open_storage
-from producer.samples import write_sample_set
+from devstack.processes import RedisServer, TcpProxy, WorkerProcess, free_port
+from faceq.outputs.results import read_parquet
+from faceq.storage.store import Storage, open_storage
+from devstack.samples import write_sample_set
 from tests.conftest import worker_env
 
 pytestmark = pytest.mark.integration
@@ -108,7 +108,7 @@ class Stack:
         out = self.tmp / f"cli-{self._cli_count}.out"
         err = self.tmp / f"cli-{self._cli_count}.err"
         with out.open("wb") as stdout, err.open("wb") as stderr:
-            process = subprocess.Popen([sys.executable, "-m", "producer", *args], env=self.env, stdout=stdout,
+            process = subprocess.Popen([sys.executable, "-m", "faceq.producer", *args], env=self.env, stdout=stdout,
                                        stderr=stderr)
         return Cli(process, out, err)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from faceq import Client
-from faceq.devstack import RedisServer
+from devstack.processes import RedisServer
 from faceq.errors import ConfigError, JobError
-from producer.samples import write_sample_set
+from devstack.samples import write_sample_set
 from tests.conftest import assert_embedding_ok, redis_and_worker
 
 pytestmark = pytest.mark.integration
@@ -90,7 +90,7 @@ def test_misconfiguration_fails_fast_without_side_effects(stack, tmp_path):
     with pytest.raises(ConfigError, match="FACEQ_STORAGE_URL"):
         Client.from_env(broker=env["FACEQ_BROKER_URL"], storage="file:/data/x")
     assert not Path("file:").exists()
-    bad_broker = subprocess.run([sys.executable, "-m", "producer", "--broker", "redis://127.0.0.1:1/0", "audit",
+    bad_broker = subprocess.run([sys.executable, "-m", "faceq.producer", "--broker", "redis://127.0.0.1:1/0", "audit",
                                  str(tmp_path), "--job-id", "never"], capture_output=True, text=True, timeout=60,
                                 env=env)
     assert bad_broker.returncode == 1 and len(bad_broker.stderr.strip().splitlines()) == 1, bad_broker.stderr
@@ -99,13 +99,13 @@ def test_misconfiguration_fails_fast_without_side_effects(stack, tmp_path):
 
 def test_the_command_line_has_version_help_and_iso_times(stack, client, samples):
     env, _ = stack
-    version = subprocess.run([sys.executable, "-m", "producer", "--version"], capture_output=True, text=True)
+    version = subprocess.run([sys.executable, "-m", "faceq.producer", "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.startswith("faceq ")
-    helped = subprocess.run([sys.executable, "-m", "producer", "audit", "--help"], capture_output=True, text=True)
+    helped = subprocess.run([sys.executable, "-m", "faceq.producer", "audit", "--help"], capture_output=True, text=True)
     assert "FACEQ_STORAGE_URL" in helped.stdout and "FACEQ_ALLOWED_SOURCES" in helped.stdout
     root, _ = samples
     client.audit(root, mode="crop", job_id="client-iso").wait(timeout=120)
-    listed = subprocess.run([sys.executable, "-m", "producer", "jobs", "--json"], capture_output=True, text=True,
+    listed = subprocess.run([sys.executable, "-m", "faceq.producer", "jobs", "--json"], capture_output=True, text=True,
                             env=env)
     assert listed.returncode == 0 and '"created_at": "20' in listed.stdout and "client-iso" in listed.stdout
 
@@ -127,7 +127,7 @@ def test_a_one_image_script_exits_cleanly_every_time(stack, samples):
 def test_nightly_dates_are_expanded():
     from datetime import datetime, timezone
 
-    from producer.__main__ import expand_dates
+    from faceq.producer.__main__ import expand_dates
 
     night = datetime(2026, 3, 1, 2, 0, tzinfo=timezone.utc)
     assert expand_dates("attendance-{yesterday}", night) == "attendance-2026-02-28"
@@ -138,7 +138,7 @@ def test_compare_two_photos_on_the_command_line_prints_the_row_and_stays_out_of_
     env, _ = stack
     root, expected = samples
     a, b = sorted(root / k for k, v in expected.items() if v == "ok")[:2]
-    done = subprocess.run([sys.executable, "-m", "producer", "compare", str(a), str(b)], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "faceq.producer", "compare", str(a), str(b)], capture_output=True,
                           text=True, env=env, timeout=180)
     assert done.returncode == 0, done.stderr
     row = json.loads(done.stdout)
@@ -146,9 +146,9 @@ def test_compare_two_photos_on_the_command_line_prints_the_row_and_stays_out_of_
     pair = client.compare(a, b)
     assert_embedding_ok(pair["embedding"])
     assert_embedding_ok(pair["embedding_b"])
-    listed = subprocess.run([sys.executable, "-m", "producer", "jobs"], capture_output=True, text=True, env=env)
+    listed = subprocess.run([sys.executable, "-m", "faceq.producer", "jobs"], capture_output=True, text=True, env=env)
     assert listed.returncode == 0 and "compare-" not in listed.stdout, listed.stdout
-    every = subprocess.run([sys.executable, "-m", "producer", "jobs", "--all", "--json"], capture_output=True,
+    every = subprocess.run([sys.executable, "-m", "faceq.producer", "jobs", "--all", "--json"], capture_output=True,
                            text=True, env=env)
     assert sum(j["kind"] == "compare" and j["hidden"] for j in json.loads(every.stdout)) >= 2
     # stored apart: a glob of every job's parts reads no one-off call
@@ -157,9 +157,9 @@ def test_compare_two_photos_on_the_command_line_prints_the_row_and_stays_out_of_
     assert sum(j.startswith("oneoff-compare-") for j in one_offs) >= 2
     # resumed after Redis forgot it, a one-off stays out of listings
     client.ledger.redis.delete(f"faceq:job:{one_offs[0]}")
-    resumed = subprocess.run([sys.executable, "-m", "producer", "resume", one_offs[0]], capture_output=True,
+    resumed = subprocess.run([sys.executable, "-m", "faceq.producer", "resume", one_offs[0]], capture_output=True,
                              text=True, env=env, timeout=60)
     assert resumed.returncode == 0, resumed.stderr
     assert client.ledger.progress(one_offs[0]).hidden
-    listed = subprocess.run([sys.executable, "-m", "producer", "jobs"], capture_output=True, text=True, env=env)
+    listed = subprocess.run([sys.executable, "-m", "faceq.producer", "jobs"], capture_output=True, text=True, env=env)
     assert one_offs[0] not in listed.stdout

@@ -11,14 +11,14 @@ import cv2
 import numpy as np
 import pytest
 
-from models.coarse_detect import CoarseToFineDetector, StageSeconds, coarse_eighths
-from models.detect import FaceDetector
-from models.jpeg_region import decode_full, decode_region, plain_jpeg, region_decoding_available
-from models.preprocess import decode_image, detect_faces
-from models.weights import LoadedModel, load_model
+from faceq.models.coarse_detect import CoarseToFineDetector, StageSeconds, coarse_eighths
+from faceq.models.detect import FaceDetector
+from faceq.models.jpeg_region import decode_full, decode_region, plain_jpeg, region_decoding_available
+from faceq.models.preprocess import decode_image, detect_faces
+from faceq.models.weights import LoadedModel, load_model
 from tests.conftest import YUNET, needs_yunet
 from tests.photos import astronaut_bgr
-from workers.engine import Engine
+from faceq.workers.engine import Engine
 
 pytestmark = pytest.mark.skipif(not region_decoding_available(), reason="PyTurboJPEG / libturbojpeg not installed")
 BIG = 1 << 31

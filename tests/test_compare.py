@@ -18,18 +18,18 @@ import pytest
 import torch
 
 from faceq import Client
-from faceq.jobs import Item
-from faceq.ledger import Ledger
+from faceq.job.spec import Item
+from faceq.job.ledger import Ledger
 from faceq.settings import Settings
-from faceq.storage import open_storage
-from models.weights import load_model
-from producer.samples import draw_face, encode
-from producer.submit import JobOptions, write_plan
+from faceq.storage.store import open_storage
+from faceq.models.weights import load_model
+from devstack.samples import draw_face, encode
+from faceq.producer.submit import JobOptions, write_plan
 from tests.conftest import assert_embedding_ok, job_rows, needs_yunet, redis_and_worker, write_csv
 from tests.dom import parse
 from tests.photos import write_photos
-from workers.engine import Engine
-from workers.service import ChunkProcessor
+from faceq.workers.engine import Engine
+from faceq.workers.service import ChunkProcessor
 
 pytestmark = pytest.mark.integration
 
@@ -141,11 +141,11 @@ def test_compare_in_one_call_and_from_the_command_line(client, stack):
         {"pair_id": "p2", "image_a": "badge.jpg", "image_b": "scan.jpg"},
         {"pair_id": "p3", "image_a": "other.jpg", "image_b": "nowhere/../../etc/passwd"},
     ])
-    refused = subprocess.run([sys.executable, "-m", "producer", "compare", str(manifest), "--wait"], env=env,
+    refused = subprocess.run([sys.executable, "-m", "faceq.producer", "compare", str(manifest), "--wait"], env=env,
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1 and "pairs.csv:4: image_b is outside the job's allowed sources" in refused.stderr
     manifest.write_text("\n".join(manifest.read_text().splitlines()[:3]) + "\n")
-    done = subprocess.run([sys.executable, "-m", "producer", "compare", str(manifest), "--wait", "--no-progress",
+    done = subprocess.run([sys.executable, "-m", "faceq.producer", "compare", str(manifest), "--wait", "--no-progress",
                            "--job-id", "compare-cli"], env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
     assert "decisions:" in done.stdout and '"same"' in done.stdout
@@ -161,7 +161,7 @@ def test_the_compare_report_shows_the_manifests_own_columns_and_both_paths(clien
     (folder / "badge.jpg").write_bytes(encode(draw_face(np.random.default_rng(4), 112), ".jpg"))
     manifest = _manifest(folder / "pairs.csv", [
         {"pair_id": "p1", "image_a": "badge.jpg", "image_b": "gone.jpg", "hr_case": "HR-2026-17"}])
-    done = subprocess.run([sys.executable, "-m", "producer", "compare", str(manifest), "--wait", "--no-progress",
+    done = subprocess.run([sys.executable, "-m", "faceq.producer", "compare", str(manifest), "--wait", "--no-progress",
                            "--job-id", "compare-hr"], env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
     summary = client.job("compare-hr").wait(timeout=60)

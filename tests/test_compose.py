@@ -38,7 +38,7 @@ def test_each_worker_owns_one_gpu_and_binds_to_it(compose):
         assert device["capabilities"] == ["gpu"] and len(device["device_ids"]) == 1
         gpus.append(device["device_ids"][0])
         command = service["command"]
-        assert command[:3] == ["python", "-m", "workers"]
+        assert command[:3] == ["python", "-m", "faceq.workers"]
         assert command[command.index("--device") + 1] == "cuda:0"  # the one reserved GPU
         assert service["environment"]["WORKER_NAME"].split("@")[0] in command[command.index("--hostname") + 1]
     assert len(set(gpus)) == len(gpus)

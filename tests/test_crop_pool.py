@@ -1,4 +1,4 @@
-"""Crop mode's local items read by decoding child processes (workers.crop_pool, issue 11).
+"""Crop mode's local items read by decoding child processes (faceq.workers.crop_pool, issue 11).
 
 Real child processes and shared memory throughout; the faults are real signals to them:
 
@@ -28,15 +28,15 @@ import cv2
 import numpy as np
 import pytest
 
-from faceq.allow import AllowedSources
-from faceq.devstack import decoding_children, process_tree, wait_until
+from faceq.storage.allow import AllowedSources
+from devstack.processes import decoding_children, process_tree, wait_until
 from faceq.errors import BadInputError
-from faceq.jobs import Item
-from faceq.storage import open_storage
-from producer.samples import draw_face
+from faceq.job.spec import Item
+from faceq.storage.store import open_storage
+from devstack.samples import draw_face
 from tests.conftest import job_rows, redis_and_worker
 from tests.test_datapath import _crop_job, _processor
-from workers.crop_pool import STARTED, CropPool, _Round
+from faceq.workers.crop_pool import STARTED, CropPool, _Round
 
 
 @pytest.fixture
@@ -243,7 +243,7 @@ def test_decoding_processes_that_cannot_start_leave_the_worker_reading_in_thread
         "logging.basicConfig(level=logging.INFO)\n"
         "multiprocessing.set_executable('/nonexistent/python')\n"
         "from faceq.settings import Settings\n"
-        "from workers.runtime import start_crop_pool\n"
+        "from faceq.workers.runtime import start_crop_pool\n"
         "print('POOL', start_crop_pool(Settings(decode_processes=2, modes=('crop',))))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
@@ -255,9 +255,9 @@ def test_decoding_processes_that_cannot_start_leave_the_worker_reading_in_thread
 
 def test_a_worker_rides_out_killed_and_stopped_decoding_children(tmp_path):
     """Real processes end to end: redis-server, a worker with two decoding children, storage on disk."""
-    from faceq.ledger import Ledger
+    from faceq.job.ledger import Ledger
     from faceq.settings import Settings
-    from producer.submit import JobOptions, submit
+    from faceq.producer.submit import JobOptions, submit
 
     storage_url = (tmp_path / "store").as_uri()
     items = _big_crops(tmp_path / "big", 160)

@@ -1,4 +1,4 @@
-"""faceq.csvsafe: cells that would run as spreadsheet formulas are written as text."""
+"""faceq.outputs.csvsafe: cells that would run as spreadsheet formulas are written as text."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from faceq.csvsafe import inert_cell, inert_row, write_csv_row
+from faceq.outputs.csvsafe import inert_cell, inert_row, write_csv_row
 
 
 @pytest.mark.parametrize(

@@ -19,12 +19,12 @@ import pytest
 from PIL import Image, ImageOps
 
 from faceq.errors import BadInputError, StorageError
-from faceq.jobs import Item, JobHeader
+from faceq.job.spec import Item, JobHeader
 from faceq.settings import Settings
-from faceq.storage import open_storage
-from models import preprocess
-from models.preprocess import decode_image, jpeg_orientation
-from producer.samples import draw_face, encode
+from faceq.storage.store import open_storage
+from faceq.models import preprocess
+from faceq.models.preprocess import decode_image, jpeg_orientation
+from devstack.samples import draw_face, encode
 from tests.conftest import YUNET, needs_yunet
 
 LIMITS = dict(max_bytes=32 << 20, max_pixels=50_000_000)
@@ -129,10 +129,10 @@ def test_detect_mode_on_real_photos_matches_the_full_pillow_decode(photos):
     """1920×2400 JPEGs of two real portraits: the worker's path (libjpeg-turbo via simplejpeg,
     YuNet, alignment) against the full Pillow decode: the same crops, embeddings within
     cosine 0.9999 (IR-SE-64, seeded weights)."""
-    from models.detect import FaceDetector
-    from models.preprocess import detect_faces
-    from models.weights import load_model
-    from workers.engine import Engine
+    from faceq.models.detect import FaceDetector
+    from faceq.models.preprocess import detect_faces
+    from faceq.models.weights import load_model
+    from faceq.workers.engine import Engine
 
     detector = FaceDetector(str(YUNET))
     engine = Engine(load_model(None, "ir_se_64", seed=0), "cpu", "fp32", max_batch=4)
@@ -162,7 +162,7 @@ class _Engine:
     max_batch = 64
 
     def __init__(self):
-        from models.null import NullModel
+        from faceq.models.null import NullModel
 
         self.model = NullModel()
 
@@ -171,7 +171,7 @@ class _Engine:
 
 
 def _processor(tmp_path, **settings):
-    from workers.service import ChunkProcessor
+    from faceq.workers.service import ChunkProcessor
 
     storage = open_storage((tmp_path / "store").as_uri())
     return ChunkProcessor(Settings(**settings), storage, None, _Engine(), "w")
@@ -195,8 +195,8 @@ def _crop_job(tmp_path, n):
 
 
 def test_crop_rows_from_the_batch_are_those_of_one_image_at_a_time(tmp_path):
-    from models.null import NullModel
-    from models.preprocess import crop_face
+    from faceq.models.null import NullModel
+    from faceq.models.preprocess import crop_face
 
     processor = _processor(tmp_path)
     header, items = _crop_job(tmp_path, 40)
@@ -280,7 +280,7 @@ def test_s3_items_are_read_with_obstore_and_errors_keep_their_meaning(tmp_path, 
 
 def test_an_unreachable_store_is_a_transient_error_for_item_reads_too(tmp_path):
     pytest.importorskip("obstore")
-    from faceq.devstack import free_port
+    from devstack.processes import free_port
 
     storage = open_storage(str(tmp_path), f"http://127.0.0.1:{free_port()}", retry_seconds=0.5)
     with pytest.raises(StorageError) as down:

@@ -3,7 +3,7 @@
 import pytest
 
 from faceq.settings import TrustThresholds
-from models.decisions import compare_pair, review_reasons, verify
+from faceq.models.decisions import compare_pair, review_reasons, verify
 
 T = TrustThresholds()
 

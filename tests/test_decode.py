@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from faceq.errors import BadInputError
-from models.preprocess import decode_image
-from producer.samples import draw_face
+from faceq.models.preprocess import decode_image
+from devstack.samples import draw_face
 
 LIMITS = dict(max_bytes=32 << 20, max_pixels=50_000_000)
 

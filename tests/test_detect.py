@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from faceq.errors import ModelError
-from models.align import ARCFACE_TEMPLATE, align_face, similarity_transform
-from models.detect import Detection, FaceDetector, usable_faces
-from models.preprocess import detect_faces
+from faceq.models.align import ARCFACE_TEMPLATE, align_face, similarity_transform
+from faceq.models.detect import Detection, FaceDetector, usable_faces
+from faceq.models.preprocess import detect_faces
 from tests.conftest import YUNET, needs_yunet
 from tests.photos import astronaut_bgr, cat_bgr, two_people_bgr
 

@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from bench.precision import randomise_batchnorm
-from models.align import align_face
-from models.detect import FaceDetector
-from models.device_align import align_into
-from models.weights import LoadedModel, load_model
+from faceq.models.align import align_face
+from faceq.models.detect import FaceDetector
+from faceq.models.device_align import align_into
+from faceq.models.weights import LoadedModel, load_model
 from tests.conftest import YUNET, needs_yunet
 from tests.parity_photos import parity_photos
-from workers.engine import Engine
+from faceq.workers.engine import Engine
 
 pytestmark = needs_yunet
 

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from faceq.errors import BadInputError
-from models.device_decode import PhotoDecoder, device_ready_jpeg, select_decoder
-from models.preprocess import decode_image
+from faceq.models.device_decode import PhotoDecoder, device_ready_jpeg, select_decoder
+from faceq.models.preprocess import decode_image
 from tests.photos import astronaut_bgr
 
 LIMITS = {"max_bytes": 1 << 26, "max_pixels": 1 << 26}

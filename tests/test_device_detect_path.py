@@ -6,16 +6,16 @@ import pytest
 
 from bench.precision import randomise_batchnorm
 from faceq.errors import BadInputError
-from models.detect import FaceDetector
-from models.device_decode import PhotoDecoder
-from models.device_detect import DeviceFaceDetector
-from models.device_detect_path import DeviceDetectPath, build_device_detect_path
-from models.preprocess import PreparedImage, decode_image, detect_faces
-from models.weights import LoadedModel, load_model
+from faceq.models.detect import FaceDetector
+from faceq.models.device_decode import PhotoDecoder
+from faceq.models.device_detect import DeviceFaceDetector
+from faceq.models.device_detect_path import DeviceDetectPath, build_device_detect_path
+from faceq.models.preprocess import PreparedImage, decode_image, detect_faces
+from faceq.models.weights import LoadedModel, load_model
 from tests.conftest import YUNET, needs_yunet
 from tests.parity_photos import parity_photos
 from tests.photos import cat_bgr
-from workers.engine import Engine
+from faceq.workers.engine import Engine
 
 pytestmark = needs_yunet
 LIMITS = {"max_bytes": 1 << 26, "max_pixels": 1 << 26}

@@ -4,18 +4,18 @@ import cv2
 import numpy as np
 import pytest
 
-from faceq.allow import AllowedSources
+from faceq.storage.allow import AllowedSources
 from faceq.errors import BadInputError
-from faceq.jobs import Item
+from faceq.job.spec import Item
 from faceq.settings import Settings
-from faceq.storage import open_storage
-from models.detect import FaceDetector
-from models.null import NullModel
-from models.preprocess import PreparedImage
+from faceq.storage.store import open_storage
+from faceq.models.detect import FaceDetector
+from faceq.models.null import NullModel
+from faceq.models.preprocess import PreparedImage
 from tests.conftest import YUNET, needs_yunet
 from tests.parity_photos import grace_hopper_bgr, tiled_faces_bgr
 from tests.photos import astronaut_bgr
-from workers.service import ChunkProcessor
+from faceq.workers.service import ChunkProcessor
 
 pytestmark = needs_yunet
 

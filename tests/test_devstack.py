@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 import redis
 
-from faceq.devstack import RedisServer, TcpProxy, WorkerProcess, free_port
+from devstack.processes import RedisServer, TcpProxy, WorkerProcess, free_port
 
 
 # -- redis-server ---------------------------------------------------------------------------
@@ -64,7 +64,7 @@ def test_redis_with_a_password(tmp_path):
 
 def test_worker_kill_is_a_sigkill(tmp_path):
     worker = WorkerProcess({}, tmp_path / "w.log")
-    # the real `python -m workers` is covered by the integration tests; this checks the signal
+    # the real `python -m faceq.workers` is covered by the integration tests; this checks the signal
     worker.args = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                    "print('up', flush=True); time.sleep(60)"]
     worker.launch()

@@ -18,10 +18,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from faceq import jobs
-from faceq.devstack import RedisServer, WorkerProcess
-from faceq.storage import Storage, open_storage
-from producer.samples import write_sample_set
+from faceq.job import spec as jobs
+from devstack.processes import RedisServer, WorkerProcess
+from faceq.storage.store import Storage, open_storage
+from devstack.samples import write_sample_set
 from tests.conftest import assert_embedding_ok, job_rows, needs_yunet, start_worker, worker_env
 
 pytestmark = pytest.mark.integration
@@ -34,7 +34,7 @@ class Stack:
     worker: WorkerProcess
 
     def producer(self, *args: str, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "producer", *args], env={**self.env, **env}, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "faceq.producer", *args], env={**self.env, **env}, capture_output=True,
                               text=True, timeout=timeout)
 
     def rows(self, job_id: str) -> pa.Table:
@@ -219,8 +219,8 @@ def test_a_producer_writing_where_the_workers_do_not_read_is_refused(tmp_path_fa
 
 def test_a_chunk_whose_plan_cannot_be_read_fails_once_with_the_reason(file_stack, samples):
     """A worker that cannot read a job's manifest records the chunk as failed: no inference, no retry loop."""
-    from faceq.ledger import Ledger
-    from producer.submit import JobOptions, enqueue, write_plan
+    from faceq.job.ledger import Ledger
+    from faceq.producer.submit import JobOptions, enqueue, write_plan
     from faceq.settings import Settings
 
     root, _ = samples
@@ -279,7 +279,7 @@ def test_audit_defaults_to_detect_mode_on_real_photos(file_stack, tmp_path):
 
 
 def test_worker_heartbeat_reports_device_batching_and_throughput(file_stack, samples):
-    from faceq.devstack import wait_until
+    from devstack.processes import wait_until
 
     def heartbeat() -> dict | None:
         listed = file_stack.producer("workers")
@@ -299,7 +299,7 @@ def test_worker_heartbeat_reports_device_batching_and_throughput(file_stack, sam
 
 
 def test_the_producer_never_imports_torch():
-    probe = "import sys, producer.__main__, producer.submit, producer.progress; print('torch' in sys.modules)"
+    probe = "import sys, faceq.producer.__main__, faceq.producer.submit, faceq.producer.progress; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from faceq.errors import ModelError
-from models.weights import load_model
-from workers.engine import Engine
+from faceq.models.weights import load_model
+from faceq.workers.engine import Engine
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_out_of_memory_splits_the_batch_in_halves_down_to_single_images(engine, 
 
 
 def test_batch_buckets_cover_every_size_up_to_the_largest():
-    from workers.engine import batch_buckets
+    from faceq.workers.engine import batch_buckets
 
     assert batch_buckets(1) == [1]
     assert batch_buckets(64) == [1, 2, 4, 8, 16, 32, 64]
@@ -123,7 +123,7 @@ def test_cuda_graphs_need_a_gpu_and_unknown_modes_are_refused():
 
 
 def test_gpu_workers_get_a_decoding_child_per_core_and_cpu_workers_at_most_eight():
-    from workers.runtime import default_decode_processes
+    from faceq.workers.runtime import default_decode_processes
 
     assert default_decode_processes("cuda:0", 16) == 15  # the H200 host: more than 8 when the GPU needs them
     assert default_decode_processes("cuda:0", 64) == 32

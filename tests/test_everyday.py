@@ -11,22 +11,22 @@ import time
 
 import pytest
 
-from faceq.broker import check_broker_url
+from faceq.queue.broker import check_broker_url
 from faceq.errors import ConfigError
-from faceq.guidance import explain
-from faceq.heartbeats import heartbeat_key
-from faceq.ledger import JobProgress, Ledger
-from faceq.storage import canonical_storage_url
-from faceq.summary import _fmt
-from producer.tables import jobs_table, status_lines
-from producer.workermodes import mode_refusal
+from faceq.outputs.guidance import explain
+from faceq.queue.heartbeats import heartbeat_key
+from faceq.job.ledger import JobProgress, Ledger
+from faceq.storage.store import canonical_storage_url
+from faceq.outputs.summary import _fmt
+from faceq.producer.tables import jobs_table, status_lines
+from faceq.producer.workermodes import mode_refusal
 from tests.conftest import worker_env
 
 
 def faceq(*args: str, env: dict | None = None, timeout: float = 60, **extra: str) -> subprocess.CompletedProcess:
     import os
 
-    return subprocess.run([sys.executable, "-m", "producer", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "faceq.producer", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {}), **extra})
 
 
@@ -74,7 +74,7 @@ def test_a_worker_with_a_wrong_broker_stops_in_one_line_before_the_model(redis_s
     url = redis_server.url[:-1] + suffix if suffix else "http://127.0.0.1:6379/0"
     # weights that do not exist: a worker that got as far as the model would say so instead
     env = worker_env(url, tmp_path.as_uri(), FACEQ_MODEL_WEIGHTS="/nonexistent/pytorch_model.pt")
-    done = subprocess.run([sys.executable, "-m", "workers", "--device", "cpu"], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "faceq.workers", "--device", "cpu"], env=env, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert message in done.stderr and "/nonexistent/" not in done.stderr
@@ -172,7 +172,7 @@ def test_client_takes_broker_and_storage_directly(redis_server, tmp_path):
 # -- numbers that read right -----------------------------------------------------------------
 
 def test_review_csv_keeps_numbers_numeric():
-    from faceq.csvsafe import inert_cell
+    from faceq.outputs.csvsafe import inert_cell
 
     out = io.StringIO()
     csv.writer(out).writerow([inert_cell(_fmt(v)) for v in (-0.178312, 0.5, 3, "-2+3", None)])

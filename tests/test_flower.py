@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from faceq.devstack import RedisServer, free_port, wait_until
-from producer.samples import write_sample_set
+from devstack.processes import RedisServer, free_port, wait_until
+from devstack.samples import write_sample_set
 from tests.conftest import start_worker, worker_env
 
 pytestmark = pytest.mark.integration
@@ -32,7 +32,7 @@ def test_flower_lists_the_worker_and_the_succeeded_chunk_tasks(tmp_path: Path):
         env = worker_env(redis_server.url, (tmp_path / "store").as_uri(), FACEQ_CHUNK_SIZE="4")
         port = free_port()
         flower = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.app", "flower", f"--port={port}", "--address=127.0.0.1"],
+            [sys.executable, "-m", "celery", "-A", "faceq.workers.app", "flower", f"--port={port}", "--address=127.0.0.1"],
             env=env | {"FLOWER_UNAUTHENTICATED_API": "true"},
             stdout=(tmp_path / "flower.log").open("wb"),
             stderr=subprocess.STDOUT,
@@ -41,7 +41,7 @@ def test_flower_lists_the_worker_and_the_succeeded_chunk_tasks(tmp_path: Path):
         try:
             base = f"http://127.0.0.1:{port}"
             wait_until(lambda: _get_json(f"{base}/api/workers?refresh=1") is not None, 60, "Flower's API")
-            done = subprocess.run([sys.executable, "-m", "producer", "audit", str(samples), "--job-id", "flower-job",
+            done = subprocess.run([sys.executable, "-m", "faceq.producer", "audit", str(samples), "--job-id", "flower-job",
                                    "--mode", "crop", "--wait", "--no-progress"], env=env, capture_output=True, text=True, timeout=180)
             assert done.returncode == 0, done.stderr
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from faceq.devstack import RedisServer
+from devstack.processes import RedisServer
 from faceq.errors import StorageError
-from faceq.storage import open_storage
-from producer.samples import write_sample_set
+from faceq.storage.store import open_storage
+from devstack.samples import write_sample_set
 from tests.conftest import job_rows, start_worker, worker_env
 
 pytestmark = pytest.mark.integration
@@ -68,7 +68,7 @@ def test_a_job_waits_for_disk_space_and_completes_with_one_row_per_item(small_di
     with RedisServer(tmp_path / "redis") as redis_server:
         env = worker_env(redis_server.url, small_disk.as_uri(), None, FACEQ_CHUNK_SIZE="8",
                          FACEQ_STORAGE_RETRY_SECONDS="120")
-        submitted = subprocess.run([sys.executable, "-m", "producer", "audit", str(samples), "--job-id", "full-disk",
+        submitted = subprocess.run([sys.executable, "-m", "faceq.producer", "audit", str(samples), "--job-id", "full-disk",
                                     "--mode", "crop", "--no-progress"], env=env, capture_output=True, text=True,
                                    timeout=120)
         assert submitted.returncode == 0, submitted.stderr
@@ -80,7 +80,7 @@ def test_a_job_waits_for_disk_space_and_completes_with_one_row_per_item(small_di
                 assert time.monotonic() < deadline, worker.log_tail(30)
                 time.sleep(0.1)
             filler.unlink()  # a cleanup job frees space
-            done = subprocess.run([sys.executable, "-m", "producer", "wait", "full-disk", "--no-progress",
+            done = subprocess.run([sys.executable, "-m", "faceq.producer", "wait", "full-disk", "--no-progress",
                                    "--timeout", "120"], env=env, capture_output=True, text=True, timeout=180)
             assert done.returncode == 0, done.stdout + done.stderr + worker.log_tail(30)
             rows = job_rows(open_storage(small_disk.as_uri()), "full-disk")

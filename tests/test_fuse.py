@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.fuse import fold_batchnorm
-from models.rts import embed_and_score
-from models.weights import load_model
+from faceq.models.fuse import fold_batchnorm
+from faceq.models.rts import embed_and_score
+from faceq.models.weights import load_model
 
 
 def _with_trained_looking_batchnorms(model, seed: int = 3):

@@ -6,8 +6,8 @@ import torch
 
 from faceq.errors import JobError
 from faceq.gallery import GalleryStore, build_enrolment, likely_duplicates
-from faceq.storage import open_storage
-from workers.galleries import DeviceGallery, GalleryCache
+from faceq.storage.store import open_storage
+from faceq.workers.galleries import DeviceGallery, GalleryCache
 
 
 def _unit(*values):

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from faceq import jobs
-from faceq.devstack import RedisServer
-from faceq.jobs import Item
-from faceq.ledger import Ledger
+from faceq.job import spec as jobs
+from devstack.processes import RedisServer
+from faceq.job.spec import Item
+from faceq.job.ledger import Ledger
 from faceq.settings import Settings
-from faceq.storage import open_storage
-from producer.samples import write_sample_set
-from producer.submit import JobOptions, enqueue, write_plan
+from faceq.storage.store import open_storage
+from devstack.samples import write_sample_set
+from faceq.producer.submit import JobOptions, enqueue, write_plan
 from tests.conftest import job_rows, start_worker, worker_env
 from tests.test_end_to_end import Stack
 
@@ -147,7 +147,7 @@ def test_the_broker_password_is_never_printed(stack):
 
 
 def _is_number(cell: str) -> bool:
-    """A number faceq wrote (a negative similarity is data, not a formula: faceq.csvsafe)."""
+    """A number faceq wrote (a negative similarity is data, not a formula: faceq.outputs.csvsafe)."""
     try:
         float(cell)
     except ValueError:

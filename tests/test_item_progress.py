@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from faceq.ledger import Ledger
-from faceq.storage import open_storage
-from producer.samples import draw_face, encode
+from faceq.job.ledger import Ledger
+from faceq.storage.store import open_storage
+from devstack.samples import draw_face, encode
 from tests.conftest import job_rows, redis_and_worker
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,7 @@ def test_a_single_chunk_job_shows_items_as_they_finish(tmp_path):
     # the full-size network on the CPU, a few crops per batch: the one chunk takes seconds
     with redis_and_worker(tmp_path, "progress", storage_url, FACEQ_MODEL_ARCH="ir_se_64", FACEQ_MAX_BATCH="4",
                           FACEQ_CHUNK_SIZE="500", FACEQ_MODES="crop") as (env, _):
-        submitted = subprocess.run([sys.executable, "-m", "producer", "audit", str(photos), "--job-id", "one-chunk",
+        submitted = subprocess.run([sys.executable, "-m", "faceq.producer", "audit", str(photos), "--job-id", "one-chunk",
                                     "--mode", "crop"], env=env, capture_output=True, text=True, timeout=120)
         assert submitted.returncode == 0, submitted.stderr
         ledger = Ledger.from_url(env["FACEQ_BROKER_URL"])

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from faceq.ledger import ChunkRecord, Ledger
+from faceq.job.ledger import ChunkRecord, Ledger
 
 
 @pytest.fixture

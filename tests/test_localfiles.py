@@ -1,4 +1,4 @@
-"""faceq.localfiles: only regular files are read, never through a final symlink, never past the cap."""
+"""faceq.storage.localfiles: only regular files are read, never through a final symlink, never past the cap."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from faceq import localfiles
+from faceq.storage import localfiles
 from faceq.errors import BadInputError
-from faceq.localfiles import open_regular_file, read_regular_file
+from faceq.storage.localfiles import open_regular_file, read_regular_file
 
 
 def test_reads_a_regular_file_up_to_the_cap(tmp_path):

@@ -19,21 +19,21 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from faceq.devstack import RedisServer, WorkerProcess, free_port, wait_until
+from devstack.processes import RedisServer, WorkerProcess, free_port, wait_until
 from faceq.errors import ConfigError
-from faceq.jobs import Item
-from faceq.ledger import Ledger
+from faceq.job.spec import Item
+from faceq.job.ledger import Ledger
 from faceq.settings import Settings
-from faceq.storage import open_storage
-from models.weights import load_model
-from producer.samples import write_sample_set
-from producer.submit import JobOptions, write_plan
+from faceq.storage.store import open_storage
+from faceq.models.weights import load_model
+from devstack.samples import write_sample_set
+from faceq.producer.submit import JobOptions, write_plan
 from tests.conftest import REPO, job_rows, worker_env
-from workers.batcher import MicroBatcher
-from workers.endpoints import Endpoints
-from workers.engine import Engine
-from workers.metrics import JOB_LABEL_LIMIT, STAGES, BrokerCollector, GpuCollector, WorkerMetrics, quick_redis
-from workers.service import ChunkProcessor
+from faceq.workers.batcher import MicroBatcher
+from faceq.workers.endpoints import Endpoints
+from faceq.workers.engine import Engine
+from faceq.workers.metrics import JOB_LABEL_LIMIT, STAGES, BrokerCollector, GpuCollector, WorkerMetrics, quick_redis
+from faceq.workers.service import ChunkProcessor
 
 # -- helpers ----------------------------------------------------------------------------
 
@@ -221,7 +221,7 @@ def test_health_endpoints_before_and_after_warm_up_and_without_the_broker(tmp_pa
 def test_the_metrics_port_setting(monkeypatch):
     monkeypatch.delenv("FACEQ_METRICS_PORT", raising=False)
     monkeypatch.delenv("FACEQ_METRICS_ADDRESS", raising=False)
-    assert Settings.from_env().metrics_port == 0  # unset: no port (python -m workers); compose sets 9808
+    assert Settings.from_env().metrics_port == 0  # unset: no port (python -m faceq.workers); compose sets 9808
     assert Settings.from_env().metrics_address == "127.0.0.1"
     monkeypatch.setenv("FACEQ_METRICS_PORT", "9808")
     assert Settings.from_env().metrics_port == 9808
@@ -311,7 +311,7 @@ def test_a_live_worker_serves_metrics_that_move_during_a_job(tmp_path: Path):
 
             # hold the job in the queue: its progress and the queue depth are then certain
             assert control.control.cancel_consumer("faceq", destination=[worker.hostname], reply=True, timeout=5)
-            cli = subprocess.Popen([sys.executable, "-m", "producer", "audit", str(samples), "--job-id", job_id,
+            cli = subprocess.Popen([sys.executable, "-m", "faceq.producer", "audit", str(samples), "--job-id", job_id,
                                     "--mode", "crop", "--wait", "--no-progress"], env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             n_items, n_chunks = len(expected), math.ceil(len(expected) / 8)

@@ -26,14 +26,14 @@ import pytest
 import torch
 
 from faceq.errors import ModelError
-from faceq.modelfetch import fetch
+from faceq.producer.models_fetch import fetch
 from faceq.modelfiles import (
     CHECKPOINT_FILE, DEFAULT_MANIFEST, MODELSCOPE_ENDPOINT, RECORD_FILE, RTS_MODEL, RTS_REVISION, YUNET_FILE,
     YUNET_SHA256, as_json, installed_checkpoint, installed_detector, model_id_for,
 )
-from faceq.devstack import free_port
+from devstack.processes import free_port
 from faceq.settings import Settings
-from models.weights import load_model
+from faceq.models.weights import load_model
 from tests.conftest import REPO, YUNET
 
 HUB_PATH = f"/api/v1/models/{RTS_MODEL}/repo"
@@ -132,7 +132,7 @@ def hub(tiny):
 
 def faceq(*args: str, model_dir: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "FACEQ_MODEL_DIR": str(model_dir), "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "producer", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "faceq.producer", *args], env=env, capture_output=True, text=True,
                           timeout=300)
 
 

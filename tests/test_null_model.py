@@ -8,10 +8,10 @@ import pytest
 
 from faceq.errors import ModelError
 from faceq.settings import Settings
-from models.null import NULL_MODEL_ID
-from models.weights import load_model
-from workers.engine import Engine
-from workers.health import Heartbeat
+from faceq.models.null import NULL_MODEL_ID
+from faceq.models.weights import load_model
+from faceq.workers.engine import Engine
+from faceq.workers.health import Heartbeat
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def _crops(n: int, seed: int = 0) -> np.ndarray:
 
 
 def test_the_stand_in_is_named_unmistakably_and_loads_no_network(caplog):
-    with caplog.at_level(logging.WARNING, logger="models.weights"):
+    with caplog.at_level(logging.WARNING, logger="faceq.models.weights"):
         loaded = load_model(None, "null")
     assert loaded.stand_in and not loaded.random_weights
     assert loaded.model_id == NULL_MODEL_ID == "null-standin-NOT-A-MODEL"
@@ -57,7 +57,7 @@ def test_embeddings_are_unit_length_deterministic_and_batch_independent(engine):
 
 
 def test_the_engine_warms_up_and_batches_the_same_vectors(engine):
-    from workers.batcher import MicroBatcher
+    from faceq.workers.batcher import MicroBatcher
 
     assert engine.info.stand_in and engine.info.model_id == NULL_MODEL_ID and engine.info.warm_memory_bytes is None
     crops = _crops(256, seed=3)
@@ -73,7 +73,7 @@ def test_the_engine_warms_up_and_batches_the_same_vectors(engine):
 def test_the_heartbeat_says_it_is_a_stand_in(engine):
     status = Heartbeat(None, "w@host", Settings(), engine, None).status()
     assert status["stand_in"] is True and status["model_id"] == NULL_MODEL_ID
-    json.dumps(status)  # what `python -m producer workers` prints
+    json.dumps(status)  # what `python -m faceq.producer workers` prints
 
 
 @pytest.mark.integration
@@ -81,9 +81,9 @@ def test_a_null_worker_says_so_in_its_log_heartbeat_and_rows(tmp_path):
     import subprocess
     import sys
 
-    from faceq.devstack import RedisServer
-    from faceq.storage import open_storage
-    from producer.samples import write_sample_set
+    from devstack.processes import RedisServer
+    from faceq.storage.store import open_storage
+    from devstack.samples import write_sample_set
     from tests.conftest import assert_embedding_ok, job_rows, start_worker, worker_env
 
     write_sample_set(tmp_path / "photos", n_good=12)
@@ -92,12 +92,12 @@ def test_a_null_worker_says_so_in_its_log_heartbeat_and_rows(tmp_path):
         env = worker_env(redis_server.url, storage_url, FACEQ_MODEL_ARCH="null", FACEQ_MODES="crop")
         worker = start_worker(env, tmp_path, "null-worker")
         try:
-            done = subprocess.run([sys.executable, "-m", "producer", "audit", str(tmp_path / "photos"), "--mode",
+            done = subprocess.run([sys.executable, "-m", "faceq.producer", "audit", str(tmp_path / "photos"), "--mode",
                                    "crop", "--job-id", "null-job", "--wait", "--no-progress", "--timeout", "120"],
                                   env=env, capture_output=True, text=True, timeout=180)
             assert done.returncode == 0, done.stderr[-2000:]
             assert "stand-in" in done.stdout.lower()  # the CLI warns under the summary
-            listed = subprocess.run([sys.executable, "-m", "producer", "workers"], env=env, capture_output=True,
+            listed = subprocess.run([sys.executable, "-m", "faceq.producer", "workers"], env=env, capture_output=True,
                                     text=True, timeout=60)
             (beat,) = json.loads(listed.stdout)
             assert beat["stand_in"] is True and beat["model_id"] == NULL_MODEL_ID

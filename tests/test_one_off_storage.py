@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from faceq import jobs
+from faceq.job import spec as jobs
 from faceq.errors import JobError
-from faceq.jobs import Item
+from faceq.job.spec import Item
 from faceq.settings import Settings
-from faceq.storage import open_storage
-from producer.submit import JobOptions, new_job_id, write_plan
+from faceq.storage.store import open_storage
+from faceq.producer.submit import JobOptions, new_job_id, write_plan
 
 
 def test_one_off_ids_live_under_their_own_prefix():

@@ -4,10 +4,10 @@ from a "(top level)" source. Every page keeps its CSP."""
 
 from __future__ import annotations
 
-from faceq.guidance import explain
-from faceq.report import render_report
-from faceq.storage import open_storage
-from faceq.summary import ReviewQueue
+from faceq.outputs.guidance import explain
+from faceq.outputs.report import render_report
+from faceq.storage.store import open_storage
+from faceq.outputs.summary import ReviewQueue
 from tests.dom import parse
 from tests.test_review_queue import _summary
 

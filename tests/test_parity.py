@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from bench.precision import randomise_batchnorm
-from models.align import align_face
-from models.detect import Detection, usable_faces
-from models.preprocess import crop_face, decode_image
-from models.weights import LoadedModel, load_model
-from producer.samples import draw_face
+from faceq.models.align import align_face
+from faceq.models.detect import Detection, usable_faces
+from faceq.models.preprocess import crop_face, decode_image
+from faceq.models.weights import LoadedModel, load_model
+from devstack.samples import draw_face
 from tests.photos import astronaut_bgr, two_people_bgr
-from workers.engine import Engine
+from faceq.workers.engine import Engine
 
 modelscope = pytest.importorskip("modelscope", reason="the reference implementation (pip install modelscope)")
 

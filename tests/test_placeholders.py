@@ -22,14 +22,14 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
-from faceq.guidance import explain
-from faceq.placeholder import ITEM_NOTE, RANDOM_WARNING
+from faceq.outputs.guidance import explain
+from faceq.outputs.placeholder import ITEM_NOTE, RANDOM_WARNING
 from faceq.modelfiles import CHECKPOINT_FILE, model_id_for
 from faceq.settings import Settings
-from faceq.storage import open_storage
-from producer.client import Client
-from producer.review_server import ReviewServer
-from producer.samples import write_sample_set
+from faceq.storage.store import open_storage
+from faceq.producer.client import Client
+from faceq.producer.review_server import ReviewServer
+from devstack.samples import write_sample_set
 from tests.conftest import REPO, job_rows, redis_and_worker, write_csv
 from tests.test_modelfetch import checkpoint_bytes
 
@@ -38,11 +38,11 @@ ROUNDED_MEDIAN = re.compile(r"quality:\s+median (\d+\.\d\d)\s")
 
 
 def _demo(tmp_path: Path, model_dir: Path) -> subprocess.CompletedProcess:
-    """`make demo` (python -m producer.demo) in a fresh folder, as a new user runs it (tiny network for speed)."""
+    """`make demo` (python -m devstack.demo) in a fresh folder, as a new user runs it (tiny network for speed)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEQ_")}
     env.update(FACEQ_MODEL_DIR=str(model_dir), FACEQ_MODEL_ARCH="ir_se_tiny", PYTHONPATH=str(REPO))
     tmp_path.mkdir(parents=True, exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "producer.demo"], cwd=tmp_path, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "devstack.demo"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=600)
 
 
@@ -61,7 +61,7 @@ def test_after_fetch_from_a_mirror_the_demo_gives_real_model_ids_and_without_it_
                                                "url": "https://unused.invalid/", "sha256": None,
                                                "arch": "ir_se_tiny"}]}))
     model_dir = tmp_path / "models"
-    fetched = subprocess.run([sys.executable, "-m", "producer", "models", "fetch", "--from", str(mirror),
+    fetched = subprocess.run([sys.executable, "-m", "faceq.producer", "models", "fetch", "--from", str(mirror),
                               "--manifest", str(manifest)], env={**os.environ, "FACEQ_MODEL_DIR": str(model_dir)},
                              capture_output=True, text=True, timeout=120)
     assert fetched.returncode == 0, fetched.stderr
@@ -94,7 +94,7 @@ class FlowerFeed(threading.Thread):
         self.broker_url, self.succeeded, self.ready, self.receiver = broker_url, [], threading.Event(), None
 
     def run(self) -> None:
-        from workers.app import app
+        from faceq.workers.app import app
 
         with Connection(self.broker_url) as connection:
             self.receiver = app.events.Receiver(connection, handlers={"task-succeeded": self.succeeded.append})
@@ -128,13 +128,13 @@ def test_every_surface_says_placeholder_under_random_weights(tmp_path):
         flower.start()
         assert flower.ready.wait(30)
         try:
-            done = subprocess.run([sys.executable, "-m", "producer", "compare", str(manifest), "--job-id",
+            done = subprocess.run([sys.executable, "-m", "faceq.producer", "compare", str(manifest), "--job-id",
                                    "placeholder-pairs", "--wait", "--no-progress"], env=env,
                                   capture_output=True, text=True, timeout=300)
             assert done.returncode == 0, done.stderr
             assert done.stdout.count(RANDOM_WARNING) == 2 and ROUNDED_MEDIAN.search(done.stdout), done.stdout
 
-            status = subprocess.run([sys.executable, "-m", "producer", "status", "placeholder-pairs", "--json"],
+            status = subprocess.run([sys.executable, "-m", "faceq.producer", "status", "placeholder-pairs", "--json"],
                                     env=env,
                                     capture_output=True, text=True, timeout=60)
             state = json.loads(status.stdout)

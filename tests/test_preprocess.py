@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from faceq.errors import BadInputError
-from models.preprocess import crop_face, decode_image, normalize_batch
-from producer.samples import BROKEN, broken_files, draw_face, encode
+from faceq.models.preprocess import crop_face, decode_image, normalize_batch
+from devstack.samples import BROKEN, broken_files, draw_face, encode
 
 LIMITS = dict(max_bytes=32 << 20, max_pixels=50_000_000)
 

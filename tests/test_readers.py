@@ -19,10 +19,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from faceq import jobs
-from faceq.results import RESULT_SCHEMA, read_parquet, vectors
-from faceq.storage import open_storage
-from producer.samples import draw_face, encode, write_sample_set
+from faceq.job import spec as jobs
+from faceq.outputs.results import RESULT_SCHEMA, read_parquet, vectors
+from faceq.storage.store import open_storage
+from devstack.samples import draw_face, encode, write_sample_set
 from tests.conftest import YUNET, redis_and_worker, write_csv
 from tests.photos import write_photos
 from tests.test_end_to_end import Stack

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from faceq.ledger import Ledger
+from faceq.job.ledger import Ledger
 from tests.test_chaos import AFTER_FAULT, make_stack, samples  # noqa: F401 (fixtures shared with the chaos tests)
 
 pytestmark = pytest.mark.integration

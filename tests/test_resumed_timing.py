@@ -7,12 +7,12 @@ import json
 from contextlib import nullcontext
 from datetime import datetime, timezone
 
-from faceq import jobs
-from faceq.jobs import JobHeader
-from faceq.results import ItemResult, chunk_part_bytes
+from faceq.job import spec as jobs
+from faceq.job.spec import JobHeader
+from faceq.outputs.results import ItemResult, chunk_part_bytes
 from faceq.settings import TrustThresholds
-from faceq.storage import open_storage
-from faceq.summary import finalize, running_seconds
+from faceq.storage.store import open_storage
+from faceq.outputs.summary import finalize, running_seconds
 
 
 def test_running_seconds_merge_overlapping_chunks_and_skip_pauses():

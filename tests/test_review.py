@@ -21,7 +21,7 @@ import pytest
 from faceq import Client
 from faceq.errors import JobError
 from faceq.gallery import GalleryStore
-from faceq.results import read_parquet
+from faceq.outputs.results import read_parquet
 from tests.conftest import needs_yunet, write_csv
 from tests.dom import parse
 from tests.test_attendance import checkin_photos, gallery_stack
@@ -298,7 +298,7 @@ def test_the_local_review_page_pages_through_flags_and_records_verdicts(client, 
 
     from PIL import Image
 
-    from producer.review_server import ReviewServer
+    from faceq.producer.review_server import ReviewServer
 
     server = ReviewServer(client, attendance, reviewer="carol", page_size=1).start()
     try:
@@ -357,7 +357,7 @@ def test_the_review_page_in_headless_chromium(client, attendance, tmp_path):
     import shutil
     import subprocess
 
-    from producer.review_server import ReviewServer
+    from faceq.producer.review_server import ReviewServer
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:

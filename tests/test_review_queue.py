@@ -12,16 +12,16 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from faceq import verdicts
+from faceq.outputs import verdicts
 from faceq.errors import JobError
 from faceq.gallery import EnrolmentBuilder, GalleryStore, build_enrolment
-from faceq.guidance import DECISION_GUIDANCE, REASON_GUIDANCE, explain, section_of
-from faceq.report import photo, render_report
-from faceq.results import to_parquet
+from faceq.outputs.guidance import DECISION_GUIDANCE, REASON_GUIDANCE, explain, section_of
+from faceq.outputs.report import photo, render_report
+from faceq.outputs.results import to_parquet
 from faceq.settings import TrustThresholds
-from faceq.storage import open_storage
-from faceq.summary import ReviewQueue
-from models.decisions import DECISIONS, review_reasons, verify
+from faceq.storage.store import open_storage
+from faceq.outputs.summary import ReviewQueue
+from faceq.models.decisions import DECISIONS, review_reasons, verify
 from tests.dom import parse
 
 

@@ -22,10 +22,10 @@ from urllib.parse import quote, urlencode
 import pytest
 
 from faceq import Client
-from faceq.devstack import free_port
-from faceq.jobs import Item
-from faceq.storage import open_storage
-from producer.submit import JobOptions
+from devstack.processes import free_port
+from faceq.job.spec import Item
+from faceq.storage.store import open_storage
+from faceq.producer.submit import JobOptions
 from tests.conftest import redis_and_worker, write_csv
 from tests.dom import parse
 from tests.test_attendance import checkin_photos
@@ -87,7 +87,7 @@ class ReviewProcess:
     """``faceq review JOB`` in its own process; requests over plain sockets."""
 
     def __init__(self, st: Stack, job_id: str):
-        self.process = subprocess.Popen([sys.executable, "-m", "producer", "review", job_id, "--reviewer", "sec"],
+        self.process = subprocess.Popen([sys.executable, "-m", "faceq.producer", "review", job_id, "--reviewer", "sec"],
                                         env=st.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.process.stdout.readline()
         match = re.search(r"http://127\.0\.0\.1:(\d+)(/[^/\s]+/)", line)

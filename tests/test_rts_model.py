@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from models.rts import ARCHITECTURES, RTSNet, embed_and_score
-from models.weights import load_model
+from faceq.models.rts import ARCHITECTURES, RTSNet, embed_and_score
+from faceq.models.weights import load_model
 
 
 @pytest.fixture(scope="module")

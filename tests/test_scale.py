@@ -15,15 +15,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from faceq import jobs
-from faceq.allow import AllowedSources
+from faceq.job import spec as jobs
+from faceq.storage.allow import AllowedSources
 from faceq.errors import JobError
-from faceq.jobs import Item, JobHeader
-from faceq.results import read_parquet
+from faceq.job.spec import Item, JobHeader
+from faceq.outputs.results import read_parquet
 from faceq.settings import Settings, TrustThresholds
-from faceq.storage import open_storage
-from producer import sources
-from producer.submit import JobOptions, enqueue, write_plan
+from faceq.storage.store import open_storage
+from faceq.producer import sources
+from faceq.producer.submit import JobOptions, enqueue, write_plan
 
 CHUNK = 256
 COLUMNS = ("record_id", "employee_id", "device_id", "captured_at")
@@ -31,7 +31,7 @@ COLUMNS = ("record_id", "employee_id", "device_id", "captured_at")
 
 def _manifest(folder: Path, n: int) -> Path:
     """An attendance CSV of ``n`` rows over four real crops, streamed to disk."""
-    from producer.samples import draw_face, encode
+    from devstack.samples import draw_face, encode
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -147,9 +147,9 @@ def test_checking_ids_of_any_other_stream_costs_bytes_per_item_and_catches_repea
 def _synthetic_job(storage, n: int) -> JobHeader:
     """A planned run whose ``n`` result rows are in storage: one realistic part (stand-in rows,
     some flagged, eight cameras) written for every chunk."""
-    from faceq.results import ItemResult, chunk_part_bytes
-    from models.decisions import review_reasons
-    from models.null import NULL_MODEL_ID, NullModel
+    from faceq.outputs.results import ItemResult, chunk_part_bytes
+    from faceq.models.decisions import review_reasons
+    from faceq.models.null import NULL_MODEL_ID, NullModel
 
     header = JobHeader(job_id=f"fin-{n}", run_id="f" * 32, kind="attendance", mode="crop", source="synthetic",
                        created_at="2026-11-24T00:00:00+00:00", chunk_size=CHUNK, n_items=n, columns=COLUMNS,
@@ -178,7 +178,7 @@ def _synthetic_job(storage, n: int) -> JobHeader:
 def test_finalize_memory_is_flat(tmp_path):
     from contextlib import nullcontext
 
-    from faceq.summary import finalize
+    from faceq.outputs.summary import finalize
 
     def finalize_peak(n: int) -> int:
         storage = open_storage((tmp_path / f"store-{n}").as_uri())

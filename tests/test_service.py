@@ -9,20 +9,20 @@ import time
 import numpy as np
 import pytest
 
-from faceq import jobs
-from faceq.jobs import Item, JobHeader
-from faceq.ledger import ChunkRecord, Ledger
-from faceq.results import read_parquet
+from faceq.job import spec as jobs
+from faceq.job.spec import Item, JobHeader
+from faceq.job.ledger import ChunkRecord, Ledger
+from faceq.outputs.results import read_parquet
 from faceq.settings import Settings
-from faceq.storage import open_storage
-from models.weights import load_model
-from producer.samples import write_sample_set
+from faceq.storage.store import open_storage
+from faceq.models.weights import load_model
+from devstack.samples import write_sample_set
 from faceq.errors import ModelError
-from models.detect import FaceDetector
+from faceq.models.detect import FaceDetector
 from tests.conftest import YUNET, assert_embedding_ok, needs_yunet
-from workers.engine import Engine
-from producer.submit import JobOptions, write_plan
-from workers.service import ChunkProcessor, FinalizeOutcome, finalize_job
+from faceq.workers.engine import Engine
+from faceq.producer.submit import JobOptions, write_plan
+from faceq.workers.service import ChunkProcessor, FinalizeOutcome, finalize_job
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +193,7 @@ def test_a_detect_job_on_a_worker_without_detector_fails_with_the_reason(tmp_pat
 def test_chunks_sharing_the_batcher_get_the_same_numbers_as_alone(setup, engine):
     from concurrent.futures import ThreadPoolExecutor
 
-    from workers.batcher import MicroBatcher
+    from faceq.workers.batcher import MicroBatcher
 
     storage, ledger, processor, manifest, _ = setup
     chunks = [manifest.chunk_items(c) for c in manifest.chunks()]
@@ -233,7 +233,7 @@ def test_a_gallery_of_another_model_is_refused_with_both_model_ids(tmp_path, red
 
 
 def test_a_chunk_started_too_often_is_given_up_with_the_reason(setup):
-    from workers.service import GaveUp
+    from faceq.workers.service import GaveUp
 
     storage, ledger, processor, manifest, _ = setup
     chunk = manifest.chunks()[0]
@@ -282,7 +282,7 @@ def test_hostile_references_become_error_rows_that_reveal_nothing(tmp_path, redi
 
 
 def test_decodes_wait_for_the_pixel_budget():
-    from workers.pixel_budget import PixelBudget
+    from faceq.workers.pixel_budget import PixelBudget
 
     budget = PixelBudget(100)
     order = []

@@ -1,4 +1,4 @@
-"""producer.sources: streaming sources that never list, read or upload anything outside the job."""
+"""faceq.producer.sources: streaming sources that never list, read or upload anything outside the job."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from faceq.allow import AllowedSources
+from faceq.storage.allow import AllowedSources
 from faceq.errors import JobError, StorageError
-from faceq.jobs import Item
-from faceq.storage import FileStorage, S3Storage
-from producer import idset, sources
-from producer.idset import SeenIds
-from producer.sources import (
+from faceq.job.spec import Item
+from faceq.storage.store import FileStorage, S3Storage
+from faceq.producer import idset, sources
+from faceq.producer.idset import SeenIds
+from faceq.producer.sources import (
     ATTENDANCE_COLUMNS,
     ListingStats,
     LocalItem,

@@ -3,7 +3,7 @@
 import pytest
 
 from faceq.errors import ConfigError, StorageError
-from faceq.storage import FileStorage, S3Storage, open_storage
+from faceq.storage.store import FileStorage, S3Storage, open_storage
 
 
 @pytest.fixture(params=["file", "s3"])
@@ -41,7 +41,7 @@ def test_reading_a_missing_object_is_a_storage_error(storage):
 def test_an_unreachable_store_is_retried_for_the_window_then_fails_as_transient():
     import time
 
-    from faceq.devstack import free_port
+    from devstack.processes import free_port
 
     storage = open_storage("s3://bucket/prefix", f"http://127.0.0.1:{free_port()}", retry_seconds=1.5)
     started = time.monotonic()

@@ -7,8 +7,8 @@ import torch
 
 from bench.precision import randomise_batchnorm
 from faceq.errors import ModelError
-from models.rts import embed_and_score
-from models.weights import load_model
+from faceq.models.rts import embed_and_score
+from faceq.models.weights import load_model
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from tests.conftest import worker_env
 def test_worker_exits_with_the_reason(tmp_path, extra, device, message):
     # an unreachable broker: the worker must fail on the model before it ever connects
     env = worker_env("redis://127.0.0.1:1/0", tmp_path.as_uri(), **extra)
-    done = subprocess.run([sys.executable, "-m", "workers", "--device", device], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "faceq.workers", "--device", device], env=env, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2
     assert "faceq worker cannot start" in done.stderr and message in done.stderr

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from faceq.errors import ModelError
-from models.area_resize import resize_area
-from models.detect import FaceDetector
-from models.device_detect import DeviceFaceDetector
-from models.yunet_decode import suppress
-from models.yunet_torch import load_yunet
+from faceq.models.area_resize import resize_area
+from faceq.models.detect import FaceDetector
+from faceq.models.device_detect import DeviceFaceDetector
+from faceq.models.yunet_decode import suppress
+from faceq.models.yunet_torch import load_yunet
 from tests.conftest import YUNET, needs_yunet
 from tests.parity_photos import large_photo_bgr, parity_photos
 

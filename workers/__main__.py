@@ -1,4 +1,4 @@
-"""``python -m workers --device cpu|cuda:N [--concurrency K]``: one Celery worker per device."""
+"""``python -m faceq.workers --device cpu|cuda:N [--concurrency K]``: one Celery worker per device."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m faceq.workers", description=__doc__)
     parser.add_argument("--device", default=os.environ.get("FACEQ_DEVICE", "cpu"), help="cpu or cuda:N")
     parser.add_argument(
         "--concurrency", type=int, default=None,
@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from faceq.errors import FaceqError
     from faceq.redact import install_log_redaction
-    from workers.app import app
-    from workers.runtime import get_runtime
+    from faceq.workers.app import app
+    from faceq.workers.runtime import get_runtime
 
     hostname = host_format(args.hostname or f"faceq-{args.device.replace(':', '')}@%h")
     logging.basicConfig(level=args.loglevel, format="[%(asctime)s: %(levelname)s/%(name)s] %(message)s")
@@ -62,7 +62,7 @@ def _check_broker(url: str) -> None:
     """One PING before the model loads: a broker URL that can never work (another scheme, a
     database Redis does not have, refused credentials) stops the worker in one line, exit 2. A
     broker that is only down yet is waited for, as before (Celery retries on startup)."""
-    from faceq.broker import ping_broker
+    from faceq.queue.broker import ping_broker
     from faceq.errors import ConfigError
 
     try:

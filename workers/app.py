@@ -1,7 +1,7 @@
 """The Celery application, configured only from ``celeryconfig.py``.
 
 Importing this module is cheap (no torch): producers import it to send tasks by name, and
-only a worker imports ``workers.tasks`` (through ``include``) and with it the model.
+only a worker imports ``faceq.workers.tasks`` (through ``include``) and with it the model.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from typing import Iterable
 
 from celery import Celery
 
-from faceq.jobs import JobHeader
+from faceq.job.spec import JobHeader
 
 PROCESS_CHUNK = "faceq.process_chunk"
 FINALIZE_JOB = "faceq.finalize_job"
 
-app = Celery("faceq", include=["workers.tasks"])
-app.config_from_object("celeryconfig")
+app = Celery("faceq", include=["faceq.workers.tasks"])
+app.config_from_object("faceq.workers.celeryconfig")
 
 
 def send_chunks(header: JobHeader, indices: Iterable[int], broker_url: str | None = None) -> int:

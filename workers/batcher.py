@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from workers.metrics import NULL_METRICS, NullMetrics
+from faceq.workers.metrics import NULL_METRICS, NullMetrics
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class MicroBatcher:
     def __init__(self, run_batch: RunBatch, max_batch: int, max_delay_ms: float, name: str = "faceq-batcher",
                  metrics: NullMetrics | None = None):
         self.run_batch = run_batch
-        self.metrics = metrics or NULL_METRICS  # workers.metrics: batch sizes, device seconds, queue delay
+        self.metrics = metrics or NULL_METRICS  # faceq.workers.metrics: batch sizes, device seconds, queue delay
         self.max_batch = max_batch
         self.max_delay = max_delay_ms / 1000.0
         self.stats = BatcherStats()

@@ -7,7 +7,7 @@ only. Closing a Redis connection can restore unacknowledged messages through a t
 it escaped to the worker's blueprint, which logged "Unrecoverable error" and stopped consuming
 for good while the process lived on. Here whatever that one close raises is logged, and the
 consumer goes on to reconnect, as it does after every other connection error. Any other
-unrecoverable error still ends the worker, with a non-zero exit (``workers.__main__``).
+unrecoverable error still ends the worker, with a non-zero exit (``faceq.workers.__main__``).
 """
 
 from __future__ import annotations

@@ -39,12 +39,12 @@ from typing import Iterator
 
 import numpy as np
 
-from faceq.allow import AllowedSources
+from faceq.storage.allow import AllowedSources
 from faceq.errors import BadInputError, FaceqError
-from faceq.storage import read_local_uri
-from models.align import INPUT_SIZE
-from models.preprocess import FaceCrop, PreparedImage, crop_face, decode_image
-from workers.stage_cpu import clock
+from faceq.storage.store import read_local_uri
+from faceq.models.align import INPUT_SIZE
+from faceq.models.preprocess import FaceCrop, PreparedImage, crop_face, decode_image
+from faceq.workers.stage_cpu import clock
 
 log = logging.getLogger(__name__)
 

@@ -14,16 +14,16 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 
-from faceq.allow import AllowedSources
+from faceq.storage.allow import AllowedSources
 from faceq.errors import BadInputError, StorageError
-from faceq.jobs import Item
+from faceq.job.spec import Item
 from faceq.settings import Settings
-from faceq.storage import Storage
-from models.detect import FaceDetector
-from models.device_detect_path import DeviceDetectPath, Outcome, build_device_detect_path
-from models.preprocess import decode_image, detect_faces
-from workers.engine import resolve_device
-from workers.stage_cpu import StageCPU, clock
+from faceq.storage.store import Storage
+from faceq.models.detect import FaceDetector
+from faceq.models.device_detect_path import DeviceDetectPath, Outcome, build_device_detect_path
+from faceq.models.preprocess import decode_image, detect_faces
+from faceq.workers.engine import resolve_device
+from faceq.workers.stage_cpu import StageCPU, clock
 
 log = logging.getLogger(__name__)
 

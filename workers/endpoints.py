@@ -8,7 +8,7 @@ jobs: bind them where only your Prometheus reaches.
 - ``/healthz``: 200 while the process is alive (also during loading and warm-up).
 - ``/readyz``: 200 once the model is warm and the broker answers a ping within 1 s; otherwise
   503 with a JSON ``reason`` (still loading, or the broker is unreachable).
-- ``/metrics``: the worker's ``faceq_*`` metrics (``workers.metrics``), Prometheus text format
+- ``/metrics``: the worker's ``faceq_*`` metrics (``faceq.workers.metrics``), Prometheus text format
   (or OpenMetrics when the scraper asks for it).
 
 The port is served by ``faceq.httpserve.BoundedHTTPServer``: one selector thread and

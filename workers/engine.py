@@ -8,7 +8,7 @@ never again. A CUDA out-of-memory error splits the batch in halves down to singl
 only an image that does not fit alone fails (``DeviceOutOfMemory``, retried by the task).
 One lock serialises device work; the micro-batcher is normally its only caller.
 
-With the zero-cost stand-in (``FACEQ_MODEL_ARCH=null``, ``models.null``) nothing is moved to
+With the zero-cost stand-in (``FACEQ_MODEL_ARCH=null``, ``faceq.models.null``) nothing is moved to
 the device and no buffer is allocated: the same warm-up, batching and locking run, and each
 batch costs microseconds on the host, so benchmarks time only what surrounds the model.
 """
@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from faceq.errors import DeviceOutOfMemory, ModelError
-from models.preprocess import normalize_batch
-from models.rts import EMBEDDING_DIM, INPUT_SIZE, embed_and_score
-from models.weights import LoadedModel
-from workers.graph import DEFAULT_INFERENCE, GraphSet, prepare_network, resolve_inference, wrap_forward
+from faceq.models.preprocess import normalize_batch
+from faceq.models.rts import EMBEDDING_DIM, INPUT_SIZE, embed_and_score
+from faceq.models.weights import LoadedModel
+from faceq.workers.graph import DEFAULT_INFERENCE, GraphSet, prepare_network, resolve_inference, wrap_forward
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,8 @@ class EngineInfo:
     random_weights: bool
     warm_memory_bytes: int | None
     warmup_seconds: float
-    stand_in: bool = False  # FACEQ_MODEL_ARCH=null: not a model (see models.null)
-    inference: str = DEFAULT_INFERENCE  # eager | fused | compiled | graphs (workers.graph)
+    stand_in: bool = False  # FACEQ_MODEL_ARCH=null: not a model (see faceq.models.null)
+    inference: str = DEFAULT_INFERENCE  # eager | fused | compiled | graphs (faceq.workers.graph)
 
 
 class Engine:

@@ -1,7 +1,7 @@
 """How the network runs on its device: ``FACEQ_INFERENCE`` = eager | fused | compiled | graphs.
 
 - ``eager``: the network as loaded (the reference layout, module by module).
-- ``fused``: BatchNorm folded into the convolutions and linear layers (``models.fuse``): the
+- ``fused``: BatchNorm folded into the convolutions and linear layers (``faceq.models.fuse``): the
   same function with about two thirds of the BatchNorm kernels gone.
 - ``compiled``: fused, then ``torch.compile`` (Inductor) with static shapes; batches are padded
   to the batch buckets so each bucket compiles once, at warm-up.
@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from faceq.errors import ModelError
-from models.fuse import fold_batchnorm
+from faceq.models.fuse import fold_batchnorm
 
 INFERENCE_MODES = ("eager", "fused", "compiled", "graphs")
 DEFAULT_INFERENCE = "fused"

@@ -1,8 +1,8 @@
 """Worker health: a heartbeat key in Redis that says what the worker runs and how fast.
 
-The key (``faceq.heartbeats``) holds JSON (device, precision, batch settings, warm memory,
+The key (``faceq.queue.heartbeats``) holds JSON (device, precision, batch settings, warm memory,
 model id, images/s over the last minute, totals) and expires when the worker stops
-refreshing it, so a dead worker disappears. ``python -m producer workers`` lists them.
+refreshing it, so a dead worker disappears. ``python -m faceq.producer workers`` lists them.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import time
 
 import redis
 
-from faceq.heartbeats import heartbeat_key
+from faceq.queue.heartbeats import heartbeat_key
 from faceq.redact import redact_url
-from faceq.storage import canonical_storage_url
+from faceq.storage.store import canonical_storage_url
 from faceq.settings import Settings
-from workers.batcher import MicroBatcher
-from workers.engine import Engine
+from faceq.workers.batcher import MicroBatcher
+from faceq.workers.engine import Engine
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import time
 import redis
 from celery.worker import state
 
-from workers.periodic import Periodic
+from faceq.workers.periodic import Periodic
 
 
 UNACKED_INDEX_KEY = "unacked_index"  # kombu's default ``unacked_index_key``

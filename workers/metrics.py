@@ -1,6 +1,6 @@
 """Prometheus metrics of one worker, all named ``faceq_*``, on a registry of their own.
 
-The chunk processor (``workers.service``) and the micro-batcher (``workers.batcher``) report
+The chunk processor (``faceq.workers.service``) and the micro-batcher (``faceq.workers.batcher``) report
 to a metrics object; by default that is ``NULL_METRICS``, which records nothing, so both stay
 plain services that need no Prometheus. ``WorkerMetrics`` records:
 
@@ -52,7 +52,7 @@ from prometheus_client.registry import Collector
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from faceq.ledger import JOBS_INDEX_KEY, ChunkRecord, Ledger
+from faceq.job.ledger import JOBS_INDEX_KEY, ChunkRecord, Ledger
 
 log = logging.getLogger(__name__)
 

@@ -13,24 +13,24 @@ import socket
 import threading
 from dataclasses import dataclass
 
-from celeryconfig import VISIBILITY_TIMEOUT
-from faceq import report
+from faceq.workers.celeryconfig import VISIBILITY_TIMEOUT
+from faceq.outputs import report
 from faceq.errors import ModelError
-from faceq.ledger import Ledger
+from faceq.job.ledger import Ledger
 from faceq.settings import Settings
-from faceq.storage import Storage
-from models.detect import YUNET_HELP, FaceDetector
-from models.null import NULL_MODEL_ID, STAND_IN_WARNING
-from models.weights import load_model
-from workers.batcher import MicroBatcher
-from workers.crop_pool import CropPool
-from workers.endpoints import Endpoints, start_endpoints
-from workers.engine import Engine
-from workers.health import Heartbeat
-from workers.leases import LeaseKeeper
-from workers.sweeper import Sweeper
-from workers.metrics import WorkerMetrics, quick_redis
-from workers.service import ChunkProcessor, usable_cores
+from faceq.storage.store import Storage
+from faceq.models.detect import YUNET_HELP, FaceDetector
+from faceq.models.null import NULL_MODEL_ID, STAND_IN_WARNING
+from faceq.models.weights import load_model
+from faceq.workers.batcher import MicroBatcher
+from faceq.workers.crop_pool import CropPool
+from faceq.workers.endpoints import Endpoints, start_endpoints
+from faceq.workers.engine import Engine
+from faceq.workers.health import Heartbeat
+from faceq.workers.leases import LeaseKeeper
+from faceq.workers.sweeper import Sweeper
+from faceq.workers.metrics import WorkerMetrics, quick_redis
+from faceq.workers.service import ChunkProcessor, usable_cores
 
 log = logging.getLogger(__name__)
 

@@ -29,30 +29,30 @@ from typing import Callable
 import numpy as np
 from redis.exceptions import LockError
 
-from faceq import jobs
-from faceq.allow import AllowedSources
+from faceq.job import spec as jobs
+from faceq.storage.allow import AllowedSources
 from faceq.errors import BadInputError, ModelError, StorageError
 from faceq.gallery import GalleryStore
-from faceq.jobs import ChunkRef, Item, JobHeader
-from faceq.ledger import ChunkRecord, Ledger
-from faceq.manifest import read_chunk_manifest
-from faceq.results import SECOND_IMAGE_FIELD, ItemResult, chunk_part_bytes
+from faceq.job.spec import ChunkRef, Item, JobHeader
+from faceq.job.ledger import ChunkRecord, Ledger
+from faceq.job.manifest import read_chunk_manifest
+from faceq.outputs.results import SECOND_IMAGE_FIELD, ItemResult, chunk_part_bytes
 from faceq.retry import REDIS_ERRORS, redis_retry
 from faceq.settings import Settings, TrustThresholds
-from faceq.storage import Storage
-from faceq.summary import finalize
-from models.decisions import compare_pair, review_reasons, verify
-from models.detect import FaceDetector
-from models.preprocess import PreparedImage, crop_face, decode_image, detect_faces, image_size
-from models.rts import INPUT_SIZE
-from workers.batcher import MicroBatcher
-from workers.crop_pool import CropPool, SharedBatch
-from workers.device_stage import build_device_stage
-from workers.engine import Engine
-from workers.galleries import GalleryCache
-from workers.metrics import NULL_METRICS, NullMetrics
-from workers.pixel_budget import PixelBudget
-from workers.stage_cpu import StageCPU, clock
+from faceq.storage.store import Storage
+from faceq.outputs.summary import finalize
+from faceq.models.decisions import compare_pair, review_reasons, verify
+from faceq.models.detect import FaceDetector
+from faceq.models.preprocess import PreparedImage, crop_face, decode_image, detect_faces, image_size
+from faceq.models.rts import INPUT_SIZE
+from faceq.workers.batcher import MicroBatcher
+from faceq.workers.crop_pool import CropPool, SharedBatch
+from faceq.workers.device_stage import build_device_stage
+from faceq.workers.engine import Engine
+from faceq.workers.galleries import GalleryCache
+from faceq.workers.metrics import NULL_METRICS, NullMetrics
+from faceq.workers.pixel_budget import PixelBudget
+from faceq.workers.stage_cpu import StageCPU, clock
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class ChunkProcessor:
                  galleries: GalleryCache | None = None, metrics: NullMetrics | None = None,
                  crop_pool: CropPool | None = None):
         self.settings = settings
-        self.metrics = metrics or NULL_METRICS  # workers.metrics: stage timings, rows by status
+        self.metrics = metrics or NULL_METRICS  # faceq.workers.metrics: stage timings, rows by status
         self.storage = storage
         self.ledger = ledger
         self.engine = engine
@@ -137,7 +137,7 @@ class ChunkProcessor:
         # detect mode, coarse to fine (FACEQ_DETECT_PATH=coarse): photos it cannot speed up take the full path
         self.coarse = (CoarseToFineDetector(detector, settings.detect_coarse_min_face)
                        if detector is not None and settings.detect_path == "coarse" else None)
-        self.crop_pool = crop_pool  # crop mode's local items read by child processes (workers.crop_pool)
+        self.crop_pool = crop_pool  # crop mode's local items read by child processes (faceq.workers.crop_pool)
         # with a batcher, this chunk's crops share device batches with other tasks' crops
         self._batcher = batcher
         self._infer = (batcher.infer if batcher is not None

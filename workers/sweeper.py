@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 
 import redis
 
-from faceq import jobs
-from faceq.jobs import JobHeader
-from faceq.ledger import JOBS_INDEX_KEY, ChunkRecord, JobProgress, Ledger
-from faceq.storage import Storage
-from workers.app import FINALIZE_JOB, PROCESS_CHUNK, send_chunks, send_finalize
-from workers.periodic import Periodic
+from faceq.job import spec as jobs
+from faceq.job.spec import JobHeader
+from faceq.job.ledger import JOBS_INDEX_KEY, ChunkRecord, JobProgress, Ledger
+from faceq.storage.store import Storage
+from faceq.workers.app import FINALIZE_JOB, PROCESS_CHUNK, send_chunks, send_finalize
+from faceq.workers.periodic import Periodic
 
 log = logging.getLogger(__name__)
 

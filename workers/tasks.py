@@ -1,4 +1,4 @@
-"""Celery tasks: thin adapters from chunk references to the services in ``workers.service``.
+"""Celery tasks: thin adapters from chunk references to the services in ``faceq.workers.service``.
 
 A task never lets a chunk vanish: whatever goes wrong after the retries inside the services
 (storage and Redis outages are ridden out there) is recorded in the ledger as that chunk's
@@ -14,14 +14,14 @@ from celery.exceptions import WorkerShutdown
 from celery.signals import after_setup_logger, after_setup_task_logger, celeryd_after_setup, worker_shutdown
 
 from faceq.errors import FaceqError
-from faceq.jobs import ChunkRef
-from faceq.ledger import ChunkRecord
-from faceq.placeholder import warning_for
+from faceq.job.spec import ChunkRef
+from faceq.job.ledger import ChunkRecord
+from faceq.outputs.placeholder import warning_for
 from faceq.redact import install_log_redaction
 from faceq.retry import redis_retry
-from workers.app import FINALIZE_JOB, PROCESS_CHUNK, app
-from workers.runtime import Runtime, get_runtime, shutdown_runtime
-from workers.service import FINALIZE_LEASE_SECONDS, FinalizeOutcome, finalize_job
+from faceq.workers.app import FINALIZE_JOB, PROCESS_CHUNK, app
+from faceq.workers.runtime import Runtime, get_runtime, shutdown_runtime
+from faceq.workers.service import FINALIZE_LEASE_SECONDS, FinalizeOutcome, finalize_job
 
 log = logging.getLogger(__name__)
 

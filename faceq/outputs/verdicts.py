@@ -23,10 +23,10 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from faceq import jobs
+from faceq.job import spec as jobs
 from faceq.errors import JobError
-from faceq.results import open_parquet, read_parquet, to_parquet
-from faceq.storage import Storage
+from faceq.outputs.results import open_parquet, read_parquet, to_parquet
+from faceq.storage.store import Storage
 
 VERDICTS = ("confirmed", "rejected", "retake")
 VERDICT_TEXT = {

@@ -11,8 +11,8 @@ import io
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from faceq.jobs import Item
-from faceq.results import read_parquet
+from faceq.job.spec import Item
+from faceq.outputs.results import read_parquet
 
 
 def chunk_manifest_bytes(items: list[Item], columns: tuple[str, ...]) -> bytes:

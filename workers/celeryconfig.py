@@ -32,7 +32,7 @@ broker_connection_max_retries = None  # a worker rides out any broker outage and
 worker_cancel_long_running_tasks_on_connection_loss = False
 # Reconnects even when closing the dead connection raises something else than a connection error
 # (kombu's Redis transport after a Redis restart: see workers/consumer.py).
-worker_consumer = "workers.consumer:ReconnectingConsumer"
+worker_consumer = "faceq.workers.consumer:ReconnectingConsumer"
 
 # json only: pickle would let anyone who can write to the broker run code on the workers.
 task_serializer = "json"
@@ -50,7 +50,7 @@ task_default_queue = _queue
 task_queues = (Queue(_queue),)
 task_routes = {"faceq.*": {"queue": _queue}}
 
-# Events for Flower: task-received/started/succeeded from workers only. Producers send no
+# Events for Flower: task-received/started/succeeded from faceq.workers only. Producers send no
 # task-sent events: each producer process would otherwise appear in Flower as a "gen<PID>@host"
 # worker (and label on its /metrics), without bound. The cost: Flower lists a chunk only once a
 # worker receives it; queued chunks are counted by the workers' faceq_queue_depth metric.

@@ -6,7 +6,7 @@ URL whose ``/<file name>`` serves it), into ``<file>.part``. An interrupted down
 part and the next run asks for the rest (HTTP ``Range``); a server that ignores the range
 sends it whole again. Only a verified file is renamed to its final name: a pinned sha256 must
 match, and the checkpoint must load strictly into the RTS network with the repo's own loader
-(``models.weights``, imported only here and only when torch is installed). A bad file is
+(``faceq.models.weights``, imported only here and only when torch is installed). A bad file is
 deleted, never installed. Expected failures are one-line ``ModelError``s saying what to do.
 """
 
@@ -191,7 +191,7 @@ def _strict_load(path: Path, arch: str, origin: str) -> bool:
     """The checkpoint through the workers' own loader (strict: every key, every shape). False when
     torch is not installed here: the worker still loads it strictly before taking a task."""
     try:
-        from models.weights import load_model
+        from faceq.models.weights import load_model
     except ImportError:
         log.warning("torch is not installed here: %s is checked by its hash only; the worker loads it strictly",
                     path.name)

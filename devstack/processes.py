@@ -2,7 +2,7 @@
 loopback TCP proxy that can cut a connection path on demand.
 
 Real components, started and stopped cleanly: a ``redis-server`` on a free loopback port
-(persisting nothing unless asked to keep an append-only file), ``python -m workers``
+(persisting nothing unless asked to keep an append-only file), ``python -m faceq.workers``
 subprocesses that are ready when they answer a Celery ping (which happens only after the
 model is loaded and warm), and ``TcpProxy``, which the chaos tests put in front of a service
 (S3) to simulate an outage: ``cut()`` resets every connection and refuses new ones,
@@ -184,14 +184,14 @@ class RedisServer:
 
 
 class WorkerProcess:
-    """``python -m workers`` in a subprocess with its own environment and log file."""
+    """``python -m faceq.workers`` in a subprocess with its own environment and log file."""
 
     def __init__(self, env: dict[str, str], log_path: Path, device: str = "cpu", concurrency: int = 1,
                  hostname: str | None = None):
         self.env = env
         self.log_path = log_path
         self.hostname = hostname or f"faceq-{device.replace(':', '')}-{os.getpid()}-{free_port()}@localhost"
-        self.args = [sys.executable, "-m", "workers", "--device", device, "--concurrency", str(concurrency),
+        self.args = [sys.executable, "-m", "faceq.workers", "--device", device, "--concurrency", str(concurrency),
                      "--hostname", self.hostname]
         self.process: subprocess.Popen | None = None
         self._log = None

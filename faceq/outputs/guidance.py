@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from faceq.placeholder import FETCH_HINT, is_placeholder
+from faceq.outputs.placeholder import FETCH_HINT, is_placeholder
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Guidance:
     short_action: str  # one or two words for the CSV and the badges (retake, check ID, re-enrol, …)
 
 
-# One entry per attendance decision (models.decisions.DECISIONS) …
+# One entry per attendance decision (faceq.models.decisions.DECISIONS) …
 DECISION_GUIDANCE: dict[str, Guidance] = {
     "mismatch": Guidance(
         "Possible impersonation",
@@ -68,7 +68,7 @@ DECISION_GUIDANCE: dict[str, Guidance] = {
         "none"),
 }
 
-# One entry per compare decision (models.decisions.COMPARE_DECISIONS): two photos, no claimed employee.
+# One entry per compare decision (faceq.models.decisions.COMPARE_DECISIONS): two photos, no claimed employee.
 COMPARE_GUIDANCE: dict[str, Guidance] = {
     "different": Guidance(
         "Different people",
@@ -103,7 +103,7 @@ COMPARE_GUIDANCE: dict[str, Guidance] = {
         "none"),
 }
 
-# … and one per review reason (models.decisions.review_reasons and verify's reasons).
+# … and one per review reason (faceq.models.decisions.review_reasons and verify's reasons).
 REASON_GUIDANCE: dict[str, Guidance] = {
     "possible_impersonation": DECISION_GUIDANCE["mismatch"],
     "different_person": COMPARE_GUIDANCE["different"],

@@ -47,7 +47,7 @@ def file_uri_path(uri: str) -> Path:
 
 def read_local_uri(uri: str, max_bytes: int | None = None) -> bytes:
     """The bytes of a ``file://`` input (a regular file, at most ``max_bytes``), as ``read_uri`` reads it."""
-    from faceq.localfiles import read_regular_file
+    from faceq.storage.localfiles import read_regular_file
 
     if uri.startswith("file:///") and "?" not in uri and "#" not in uri:  # the canonical form: no parsing
         return read_regular_file(unquote(uri[7:]) if "%" in uri else uri[7:], max_bytes)
@@ -118,7 +118,7 @@ class Storage(ABC):
     def read_uri(self, uri: str, max_bytes: int | None = None) -> bytes:
         """Read an input item by absolute ``file://`` or ``s3://`` URI, at most ``max_bytes``.
 
-        Callers check the URI against the job's allowed sources first (faceq.allow). Local
+        Callers check the URI against the job's allowed sources first (faceq.storage.allow). Local
         reads refuse anything but regular files and stop at the cap while reading.
         """
         if uri.startswith("s3://"):

@@ -28,15 +28,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from faceq import jobs
-from faceq.csvsafe import inert_cell
+from faceq.job import spec as jobs
+from faceq.outputs.csvsafe import inert_cell
 from faceq.gallery import EnrolmentBuilder, GalleryStore
-from faceq.guidance import explain, section_of, section_order
-from faceq.jobs import JobHeader
-from faceq.placeholder import ITEM_NOTE, is_placeholder
-from faceq.results import field_columns, part_stats, read_parquet
+from faceq.outputs.guidance import explain, section_of, section_order
+from faceq.job.spec import JobHeader
+from faceq.outputs.placeholder import ITEM_NOTE, is_placeholder
+from faceq.outputs.results import field_columns, part_stats, read_parquet
 from faceq.settings import TrustThresholds
-from faceq.storage import Storage
+from faceq.storage.store import Storage
 
 HISTOGRAM_EDGES = [round(0.1 * i, 1) for i in range(11)]
 REPORT_ROWS = 120  # flagged rows listed in report.html, all sections together (review.csv lists all of them)
@@ -290,7 +290,7 @@ def review_columns(header: JobHeader) -> list[str]:
 
 class ReviewQueue:
     """What report.html shows of the flagged rows, bounded whatever the job size: per section
-    (what a person has to do, faceq.guidance) its count and its first ``section_rows`` rows
+    (what a person has to do, faceq.outputs.guidance) its count and its first ``section_rows`` rows
     (``total_rows`` at most over all sections); per camera alert the rows folded into it and a
     few samples; per claimed employee the flags by section."""
 
@@ -365,7 +365,7 @@ def write_review(storage: Storage, header: JobHeader, alerted: set[str], out: Pa
     plain-language reason and recommended action, the top-k candidates and, for attendance,
     the claimed employee's prior verdicts. Returns how many rows a camera alert explains, and
     the bounded review queue report.html shows (iterating it gives the rows it lists)."""
-    from faceq.verdicts import PriorVerdicts
+    from faceq.outputs.verdicts import PriorVerdicts
 
     verification = _decision_cells(header)
     extra = field_columns(header.columns)
@@ -418,7 +418,7 @@ def flagged_page(storage: Storage, header: JobHeader, alerted: set[str], section
 
 def _fmt(value) -> str | float | int:
     """A CSV cell: floats to 4 places, times in ISO-8601, ``extra`` as ``key=value; …``. Numbers
-    stay numbers (a negative similarity is data, not a formula: faceq.csvsafe passes them)."""
+    stay numbers (a negative similarity is data, not a formula: faceq.outputs.csvsafe passes them)."""
     if value is None:
         return ""
     if isinstance(value, float):
@@ -481,7 +481,7 @@ def finalize(storage: Storage, header: JobHeader, thresholds: TrustThresholds,
              ) -> dict | None:
     """Write review.csv and report.html of the run, then summary.json (the commit), then delete
     the runs it supersedes. Returns None, writing no summary, when the run was superseded."""
-    from faceq.report import render_report
+    from faceq.outputs.report import render_report
 
     counts = JobCounts()
     for table in iter_parts(storage, header, _counting_columns(header)):

@@ -12,9 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-from faceq.devstack import RedisServer, WorkerProcess
+from devstack.processes import RedisServer, WorkerProcess
 from faceq.settings import Settings
-from producer.samples import write_sample_set
+from devstack.samples import write_sample_set
 
 OUTPUT = Path("demo-output").resolve()
 
@@ -37,7 +37,7 @@ def main() -> int:
     try:
         print(f"starting a worker (log: {worker.log_path}); loading and warming the model…")
         worker.start()
-        from producer.__main__ import main as producer_main
+        from faceq.producer.__main__ import main as producer_main
 
         return producer_main(["audit", str(samples), "--mode", "crop", "--chunk-size", "16", "--wait", "--timeout", "600"])
     finally:

@@ -24,8 +24,8 @@ import io
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from faceq.placeholder import ITEM_NOTE, is_placeholder, warning_for
-from faceq.storage import Storage
+from faceq.outputs.placeholder import ITEM_NOTE, is_placeholder, warning_for
+from faceq.storage.store import Storage
 from faceq.when import time_html
 
 THUMBNAIL_PX = 96  # reference and candidate photos (CSS px)
@@ -268,7 +268,7 @@ class ReviewContext:
 
     def __init__(self, storage: Storage, summary: dict, rows: list[dict], employees: list[str]):
         from faceq.gallery import GalleryStore
-        from faceq.verdicts import job_verdicts_key, latest_per_item, prior_verdicts, read
+        from faceq.outputs.verdicts import job_verdicts_key, latest_per_item, prior_verdicts, read
 
         self.gallery = _gallery_ref(summary)
         self.gallery_info: dict = {}
@@ -310,9 +310,9 @@ def _reference_photos(context: ReviewContext, images: dict, employee: str, css: 
 
 def _item(row: dict, index: int, summary: dict, context: ReviewContext, images: dict, decides: str | None,
           photo_link: Callable[[dict], str | None], row_extra: Callable[[dict, str], str] | None) -> str:
-    from faceq.guidance import explain, section_of
-    from faceq.summary import source_of
-    from faceq.verdicts import describe
+    from faceq.outputs.guidance import explain, section_of
+    from faceq.outputs.summary import source_of
+    from faceq.outputs.verdicts import describe
 
     verification = decides == "attendance"
     section = section_of(row, decides)
@@ -402,7 +402,7 @@ def _second_photo(row: dict, images: dict) -> str:
 
 
 def _as_queue(flagged, decides: str | None):
-    from faceq.summary import ReviewQueue
+    from faceq.outputs.summary import ReviewQueue
 
     if isinstance(flagged, ReviewQueue):
         return flagged
@@ -419,8 +419,8 @@ def render_review_queue(summary: dict, flagged, storage: Storage, decides: str |
                         intro: str | None = None) -> str:
     """The review queue's HTML: contents, camera alerts, employees, then the sections
     (``intro`` replaces the paragraphs under the heading)."""
-    from faceq.guidance import guidance_for
-    from faceq.verdicts import describe
+    from faceq.outputs.guidance import guidance_for
+    from faceq.outputs.verdicts import describe
 
     queue = _as_queue(flagged, decides)
     sections = queue.sections()

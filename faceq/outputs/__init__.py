@@ -1,0 +1,1 @@
+"""What a job writes: Parquet rows, summary, review queue, report, verdicts, guidance."""

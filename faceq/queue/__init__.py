@@ -1,0 +1,1 @@
+"""The broker side: URL checks, reference-only task messages, worker heartbeats."""
