@@ -12,7 +12,7 @@ from faceq.job.spec import JobHeader
 from faceq.outputs.report import render_report
 from faceq.redact import redact_url
 from faceq.storage.store import Storage
-from faceq.outputs.summary import write_review
+from faceq.outputs.review_queue import write_review
 from faceq.producer.resume import current_header
 
 

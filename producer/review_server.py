@@ -43,7 +43,7 @@ from faceq.httpserve import BoundedHTTPServer
 from faceq.outputs.guidance import guidance_for
 from faceq.job.spec import JobHeader
 from faceq.outputs.report import _CSS, checkin_key, photo, placeholder_banner, render_review_queue
-from faceq.outputs.summary import SECTION_ROWS, ReviewQueue, flagged_page, write_review
+from faceq.outputs.review_queue import SECTION_ROWS, ReviewQueue, flagged_page, write_review
 from faceq.outputs.verdicts import VERDICTS
 
 log = logging.getLogger(__name__)

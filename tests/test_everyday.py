@@ -17,7 +17,7 @@ from faceq.outputs.guidance import explain
 from faceq.queue.heartbeats import heartbeat_key
 from faceq.job.ledger import JobProgress, Ledger
 from faceq.storage.store import canonical_storage_url
-from faceq.outputs.summary import _fmt
+from faceq.outputs.review_queue import _fmt
 from faceq.producer.tables import jobs_table, status_lines
 from faceq.producer.workermodes import mode_refusal
 from tests.conftest import worker_env

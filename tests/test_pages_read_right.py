@@ -7,7 +7,7 @@ from __future__ import annotations
 from faceq.outputs.guidance import explain
 from faceq.outputs.report import render_report
 from faceq.storage.store import open_storage
-from faceq.outputs.summary import ReviewQueue
+from faceq.outputs.review_queue import ReviewQueue
 from tests.dom import parse
 from tests.test_review_queue import _summary
 

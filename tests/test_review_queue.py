@@ -20,7 +20,7 @@ from faceq.outputs.report import photo, render_report
 from faceq.outputs.results import to_parquet
 from faceq.settings import TrustThresholds
 from faceq.storage.store import open_storage
-from faceq.outputs.summary import ReviewQueue
+from faceq.outputs.review_queue import ReviewQueue
 from faceq.models.decisions import DECISIONS, review_reasons, verify
 from tests.dom import parse
 

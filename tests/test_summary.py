@@ -1,7 +1,8 @@
 """Per-source statistics, camera alerts and what they fold out of the review queue."""
 
 from faceq.settings import TrustThresholds
-from faceq.outputs.summary import drift_alerts, folded_into_alert, source_of, source_stats
+from faceq.outputs.summary import drift_alerts, source_stats
+from faceq.outputs.review_queue import folded_into_alert, source_of
 
 T = TrustThresholds()
 

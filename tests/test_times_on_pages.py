@@ -31,7 +31,7 @@ def test_a_time_element_keeps_the_iso_form_and_escapes_what_is_not_a_time():
 def test_the_report_shows_capture_times_for_people(tmp_path):
     from faceq.outputs.report import render_report
     from faceq.storage.store import open_storage
-    from faceq.outputs.summary import ReviewQueue
+    from faceq.outputs.review_queue import ReviewQueue
     from tests.test_review_queue import _flag, _summary
 
     queue = ReviewQueue("attendance")

@@ -311,7 +311,7 @@ def _reference_photos(context: ReviewContext, images: dict, employee: str, css: 
 def _item(row: dict, index: int, summary: dict, context: ReviewContext, images: dict, decides: str | None,
           photo_link: Callable[[dict], str | None], row_extra: Callable[[dict, str], str] | None) -> str:
     from faceq.outputs.guidance import explain, section_of
-    from faceq.outputs.summary import source_of
+    from faceq.outputs.review_queue import source_of
     from faceq.outputs.verdicts import describe
 
     verification = decides == "attendance"
@@ -402,7 +402,7 @@ def _second_photo(row: dict, images: dict) -> str:
 
 
 def _as_queue(flagged, decides: str | None):
-    from faceq.outputs.summary import ReviewQueue
+    from faceq.outputs.review_queue import ReviewQueue
 
     if isinstance(flagged, ReviewQueue):
         return flagged
