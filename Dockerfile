@@ -14,7 +14,7 @@ COPY faceq faceq
 COPY models models
 COPY workers workers
 COPY producer producer
-RUN pip install --no-cache-dir --no-deps . && pip check
+RUN pip install --no-cache-dir --no-deps ".[worker]" && pip check
 RUN useradd --create-home faceq
 USER faceq
 CMD ["python", "-m", "faceq.workers", "--device", "cuda:0"]

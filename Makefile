@@ -56,7 +56,7 @@ test-lowest: install
 	rm -rf $(LOWEST_VENV)
 	$(PYTHON) -m venv $(LOWEST_VENV)
 	$(call install_torch,$(LOWEST_VENV)/bin/python)
-	$(VENV)/bin/uv pip compile pyproject.toml --extra readers --resolution lowest-direct --python-version 3.11 \
+	$(VENV)/bin/uv pip compile pyproject.toml --extra worker --extra readers --resolution lowest-direct --python-version 3.11 \
 		--override $(NO_TORCH) --quiet -o $(LOWEST_VENV)/lowest.txt
 	$(VENV)/bin/uv pip install -q --python $(LOWEST_VENV)/bin/python -r $(LOWEST_VENV)/lowest.txt
 	$(VENV)/bin/uv pip install -q --python $(LOWEST_VENV)/bin/python -e ".[dev]" -c $(LOWEST_VENV)/lowest.txt
@@ -68,7 +68,7 @@ test-lowest: install
 lock:
 	@test -x $(VENV)/bin/uv || { $(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q uv; }
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev $(LOCK_FLAGS) --upgrade -o $(DEV_LOCK)
-	$(VENV)/bin/uv pip compile pyproject.toml $(LOCK_FLAGS) --upgrade -o $(WORKER_LOCK)
+	$(VENV)/bin/uv pip compile pyproject.toml --extra worker $(LOCK_FLAGS) --upgrade -o $(WORKER_LOCK)
 
 # Every wheel a worker needs (worker.lock, hash-checked, for PYTHON_VERSION on PLATFORM) and
 # faceq's own, in one folder to copy to a GPU host without internet (README "Offline install")

@@ -3,8 +3,9 @@
 #   1. a fresh venv that already has torch, as a CUDA host's image does (installed with the network);
 #   2. the README's two commands, run in a network namespace of their own: no route anywhere, so
 #      pip can only use the wheelhouse;
-#   3. a real job through a worker installed that way (`python -m devstack.demo`: a private
-#      redis-server on loopback, one worker, one audit job with broken files), still offline.
+#   3. a real job through a worker installed that way (the checkout's devstack/demo.py, which is not
+#      installed: a private redis-server on loopback, one worker, one audit job with broken files),
+#      still offline.
 # Usage: ops/check-offline-install.sh PYTHON TORCH_VERSION WHEELHOUSE
 set -euo pipefail
 python=$1 torch_version=$2 wheelhouse=$(realpath "$3")
@@ -19,6 +20,7 @@ if ! unshare -rn true 2>/dev/null; then
   echo "check-offline-install: cannot make a network namespace here (unshare -rn); not checked" >&2
   exit 1
 fi
+cp -r "$(dirname "$0")/../devstack" "$work/devstack"  # dev machinery: run from the checkout, never installed
 cd "$work"
 unshare -rn bash -euo pipefail -c '
   ip link set lo up  # loopback only: the demo runs its own redis-server
@@ -27,7 +29,7 @@ unshare -rn bash -euo pipefail -c '
   fi
   # the README'"'"'s two commands
   venv/bin/pip install --no-index --find-links '"$wheelhouse"' --require-hashes -r '"$wheelhouse"'/requirements.lock
-  venv/bin/pip install --no-index --find-links '"$wheelhouse"' faceq
+  venv/bin/pip install --no-index --find-links '"$wheelhouse"' "faceq[worker]"
   venv/bin/pip check
   venv/bin/faceq --version
   venv/bin/python -m devstack.demo

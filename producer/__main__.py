@@ -226,7 +226,7 @@ def _print_summary(summary: dict, storage: Storage) -> None:
 
 def _wait(args, client: Client, job: Job) -> int:
     try:
-        if not workers_online():
+        if not workers_online(client.ledger):
             print(f"warning: no faceq worker answers on {redact_url(client.settings.broker_url)}; the job waits "
                   f"until one starts", file=sys.stderr)
     except Exception as exc:  # the broker is down: waiting says so and keeps trying

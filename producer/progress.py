@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from faceq.errors import JobError
 from faceq.job.ledger import JobProgress, Ledger
+from faceq.queue.heartbeats import read_heartbeats
 from faceq.retry import REDIS_ERRORS
 from faceq.storage.store import Storage
 from faceq.producer.resume import committed_summary, current_header
@@ -33,11 +34,10 @@ class WaitResult:
     summary: dict
 
 
-def workers_online(timeout: float = 1.0) -> list[str]:
-    """Names of the Celery workers that answer a ping on this broker."""
-    from faceq.workers.app import app
-
-    return sorted(name for reply in app.control.ping(timeout=timeout) or [] for name in reply)
+def workers_online(ledger: Ledger) -> list[str]:
+    """Names of the workers whose heartbeat is fresh on this broker (``faceq workers``' source:
+    no Celery needed here, and no broadcast every worker must answer)."""
+    return sorted(beat.get("worker", "?") for beat in read_heartbeats(ledger.redis))
 
 
 def lost_state_message(job_id: str) -> str:

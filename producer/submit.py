@@ -31,6 +31,7 @@ from faceq.gallery import GalleryStore, validate_gallery_name
 from faceq.job.spec import Item, JobHeader
 from faceq.job.ledger import Ledger
 from faceq.job.manifest import chunk_manifest_bytes
+from faceq.queue.messages import send_chunks, send_finalize
 from faceq.settings import Settings
 from faceq.storage.store import Storage
 from faceq.producer.sources import LocalItem, stage_batch
@@ -205,13 +206,9 @@ def submit(settings: Settings, storage: Storage, ledger: Ledger, *, items: Itera
 
 
 def enqueue(header: JobHeader, indices: Iterable[int], broker_url: str | None = None) -> int:
-    """One reference-only message per chunk (``faceq.workers.app.send_chunks``)."""
-    from faceq.workers.app import send_chunks
-
-    return send_chunks(header, indices, broker_url)
+    """One reference-only message per chunk (``faceq.queue.messages``: no Celery needed here)."""
+    return send_chunks(header, indices, broker_url or Settings.from_env().broker_url)
 
 
 def finalize_later(header: JobHeader, broker_url: str | None = None) -> None:
-    from faceq.workers.app import send_finalize
-
-    send_finalize(header, broker_url)
+    send_finalize(header, broker_url or Settings.from_env().broker_url)

@@ -41,6 +41,7 @@ from faceq.retry import REDIS_ERRORS, redis_retry
 from faceq.settings import Settings, TrustThresholds
 from faceq.storage.store import Storage
 from faceq.outputs.summary import finalize
+from faceq.models.coarse_detect import CoarseToFineDetector, StageSeconds
 from faceq.models.decisions import compare_pair, review_reasons, verify
 from faceq.models.detect import FaceDetector
 from faceq.models.preprocess import PreparedImage, crop_face, decode_image, detect_faces, image_size

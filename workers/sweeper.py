@@ -29,8 +29,8 @@ import redis
 from faceq.job import spec as jobs
 from faceq.job.spec import JobHeader
 from faceq.job.ledger import JOBS_INDEX_KEY, ChunkRecord, JobProgress, Ledger
+from faceq.queue.messages import FINALIZE_JOB, PROCESS_CHUNK, send_chunks, send_finalize
 from faceq.storage.store import Storage
-from faceq.workers.app import FINALIZE_JOB, PROCESS_CHUNK, send_chunks, send_finalize
 from faceq.workers.periodic import Periodic
 
 log = logging.getLogger(__name__)
@@ -136,10 +136,10 @@ class Sweeper(Periodic):
                     messages = queued_chunks(self.ledger.redis, self.queue)
                 lost = [i for i in missing if (PROCESS_CHUNK, header.job_id, header.run_id, i) not in messages]
                 if lost:
-                    send_chunks(header, lost, self.broker_url)
+                    send_chunks(header, lost, self.broker_url, self.queue)
                     report.resent[header.job_id] = lost
             elif complete or not self.ledger.redis.exists(Ledger._key(header.job_id, ":finalize")):
-                send_finalize(header, self.broker_url)
+                send_finalize(header, self.broker_url, self.queue)
                 report.finalized.append(header.job_id)
         if report:
             log.warning("sweeper: finished stalled jobs from storage: %s", report)

@@ -88,12 +88,16 @@ def _counts(title: str, counts: dict) -> str:
     return f"<div><h3>{_e(title)}</h3>" + _table(["", "count"], [[_e(k), v] for k, v in counts.items()]) + "</div>"
 
 
-def histogram_png(histogram: dict, review_quality: float, match_quality: float) -> str:
-    import matplotlib
+def histogram_png(histogram: dict, review_quality: float, match_quality: float) -> str | None:
+    """The quality histogram as base64 PNG; None where matplotlib is not installed (the light
+    client regenerating a report: the page then says where to get the plot)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
-
     from matplotlib.ticker import MaxNLocator
 
     edges, counts = histogram["edges"], histogram["counts"]
@@ -118,6 +122,9 @@ def _quality_chart(histogram: dict, thresholds: dict) -> str:
     if not sum(histogram.get("counts") or []):
         return "<p class='muted no-quality'>No face was scored: there is no quality to plot.</p>"
     png = histogram_png(histogram, thresholds["review_quality"], thresholds["match_quality"])
+    if png is None:
+        return ("<p class='muted'>The histogram is drawn where matplotlib is installed "
+                "(<code>pip install 'faceq[worker]'</code>); the report the workers wrote has it.</p>")
     return f"<img alt='quality histogram' src='data:image/png;base64,{png}'>"
 
 
