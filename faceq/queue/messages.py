@@ -16,8 +16,6 @@ import socket
 import uuid
 from typing import Iterable
 
-from kombu import Connection, Producer, Queue
-
 from faceq.job.spec import JobHeader
 
 PROCESS_CHUNK = "faceq.process_chunk"
@@ -44,6 +42,8 @@ def default_queue() -> str:
 
 
 def _publish(broker_url: str, queue_name: str | None, messages: Iterable[tuple[str, list, str]]) -> int:
+    from kombu import Connection, Producer, Queue  # on first send: `from faceq import Client` stays quick
+
     queue_name = queue_name or default_queue()
     queue = Queue(queue_name, routing_key=queue_name)
     sent = 0
