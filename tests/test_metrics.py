@@ -162,6 +162,9 @@ def test_scrapes_read_queue_depth_and_the_newest_running_jobs_only(tmp_path):
             ledger.start(f"run-{k:02d}", "r", "audit", 4, 100, created_at=now - 1000 + k)
         ledger.start("half", "r", "audit", 4, 100, created_at=now - 100)
         ledger.record_chunk("half", "r", 0, {"n_items": 25, "n_errors": 2, "n_flagged": 3})
+        ledger.start("moving", "r", "audit", 2, 40, created_at=now - 50)
+        ledger.record_chunk("moving", "r", 0, {"n_items": 20})
+        ledger.chunk_progress("moving", "r", 1, 7)  # a running chunk's items so far count, as in `faceq status`
         ledger.start("finished", "r", "audit", 1, 10, created_at=now)
         ledger.mark_done("finished", "r")
         ledger.start("finalize-gave-up", "r", "audit", 1, 10, created_at=now)
@@ -174,7 +177,7 @@ def test_scrapes_read_queue_depth_and_the_newest_running_jobs_only(tmp_path):
         s = metrics.sample
         assert s("faceq_queue_depth", {"queue": "q"}) == 4
         assert s("faceq_queue_unacked") == 0
-        assert s("faceq_jobs_running") == JOB_LABEL_LIMIT + 6
+        assert s("faceq_jobs_running") == JOB_LABEL_LIMIT + 7
         assert s("faceq_jobs_failed") == 1
         families = {f.name: f for f in metrics.registry.collect()}
         labelled = {sample.labels["job_id"] for sample in families["faceq_job_items_total"].samples}
@@ -182,6 +185,7 @@ def test_scrapes_read_queue_depth_and_the_newest_running_jobs_only(tmp_path):
         assert "half" in labelled and "finished" not in labelled and "run-00" not in labelled
         assert s("faceq_job_items_total", {"job_id": "half"}) == 100
         assert s("faceq_job_items_done", {"job_id": "half"}) == 25
+        assert s("faceq_job_items_done", {"job_id": "moving"}) == ledger.progress("moving").items_done == 27
         assert s("faceq_job_errors", {"job_id": "half"}) == 2
         assert s("faceq_job_flagged", {"job_id": "half"}) == 3
         eta = s("faceq_job_eta_seconds", {"job_id": "half"})  # 100 s for 25 items: 300 s for the other 75

@@ -35,7 +35,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.shared_memory import SharedMemory
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -170,16 +170,21 @@ class CropPool:
             if not keep:
                 batch.close()
 
-    def read(self, batch: SharedBatch, uris: dict[int, str], allowed: AllowedSources, timeout: float
+    def read(self, batch: SharedBatch, uris: dict[int, str], allowed: AllowedSources, timeout: float,
+             failed: Callable[[int], None] | None = None
              ) -> tuple[dict[int, PreparedImage | BadInputError], dict[str, float]]:
         """Item index → its crop (in ``batch.crops[index]``) or its error, for every index of
-        ``uris``; and the children's CPU seconds by stage."""
+        ``uris``; and the children's CPU seconds by stage. ``failed(n)``: told as each slice
+        comes back how many of its items failed (they need no model: the chunk's progress)."""
         state = _Round(dict(uris), timeout)
         idle_rounds = 0
         while state.todo:
             left = len(state.todo), sum(state.tries.values())
             executor = self._current()
             slices = self._submit(executor, batch, state, allowed.roots)
+            if failed is not None:
+                for future in slices:
+                    future.add_done_callback(lambda f: _tell_failed(f, failed))
             _, not_done = wait(slices, timeout=timeout)
             died = [f for f in slices if f not in not_done and _failure(f) is not None]
             if not_done or died:
@@ -256,6 +261,13 @@ class CropPool:
         executor.shutdown(wait=False, cancel_futures=True)
         for child in children:
             child.join(5)
+
+
+def _tell_failed(future: Future, failed: Callable[[int], None]) -> None:
+    """How many items of a slice that came back whole failed (a dead or stuck child's slice
+    tells nothing: what it did not finish is read again or times out, counted by the caller)."""
+    if _failure(future) is None:
+        failed(len(future.result()[0]))
 
 
 def _failure(future: Future) -> BaseException | None:

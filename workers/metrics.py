@@ -52,7 +52,7 @@ from prometheus_client.registry import Collector
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from faceq.job.ledger import JOBS_INDEX_KEY, ChunkRecord, Ledger
+from faceq.job.ledger import JOBS_INDEX_KEY, ChunkRecord, Ledger, items_done
 
 log = logging.getLogger(__name__)
 
@@ -315,19 +315,26 @@ class BrokerCollector:
             pipe.hmget(Ledger._key(job_id), *fields)
         states = list(zip(ids, pipe.execute()))
         running = [(job_id, dict(zip(fields, values))) for job_id, values in states if values[0] == "running"]
+        labelled = running[: self.job_limit]  # newest first
+        pipe = self.client.pipeline(transaction=False)
+        for job_id, _ in labelled:  # items of running chunks too: the figure `faceq status` shows
+            pipe.hvals(Ledger._key(job_id, ":partial"))
+        for (_, job), partial in zip(labelled, pipe.execute()):
+            job["items_done"] = items_done(job["items_done"], partial, job["n_items"])
         count = GaugeMetricFamily("faceq_jobs_running", "Running jobs (among the newest in the ledger)")
         count.add_metric([], float(len(running)))
         failed = GaugeMetricFamily("faceq_jobs_failed", "Jobs whose finalize gave up (among the newest in the "
                                    "ledger): `faceq status` says why, `faceq resume` runs them again")
         failed.add_metric([], float(sum(values[0] == "failed" for _, values in states)))
         total = GaugeMetricFamily("faceq_job_items_total", "Items of a running job", labels=["job_id"])
-        done = GaugeMetricFamily("faceq_job_items_done", "Items of a running job with rows", labels=["job_id"])
+        done = GaugeMetricFamily("faceq_job_items_done", "Items of a running job with results (recorded chunks and "
+                                 "the running chunks' items so far: what `faceq status` shows)", labels=["job_id"])
         flagged = GaugeMetricFamily("faceq_job_flagged", "Rows of a running job flagged for review",
                                     labels=["job_id"])
         errors = GaugeMetricFamily("faceq_job_errors", "Error rows of a running job", labels=["job_id"])
         eta = GaugeMetricFamily("faceq_job_eta_seconds", "Seconds until a running job's last item, at its "
                                 "average rate since it was submitted", labels=["job_id"])
-        for job_id, job in running[: self.job_limit]:  # newest first
+        for job_id, job in labelled:
             n_items, n_done = int(job["n_items"] or 0), int(job["items_done"] or 0)
             total.add_metric([job_id], float(n_items))
             done.add_metric([job_id], float(n_done))

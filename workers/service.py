@@ -13,7 +13,6 @@ skipped; a part is rewritten under the same name), poison chunks (recorded as fa
 
 from __future__ import annotations
 
-import bisect
 import logging
 import os
 import threading
@@ -47,6 +46,7 @@ from faceq.models.detect import FaceDetector
 from faceq.models.preprocess import PreparedImage, crop_face, decode_image, detect_faces, image_size
 from faceq.models.rts import INPUT_SIZE
 from faceq.workers.batcher import MicroBatcher
+from faceq.workers.chunk_progress import DEFAULT_EVERY, MODEL_SLICE, ChunkProgress, infer_in_slices
 from faceq.workers.crop_pool import CropPool, SharedBatch
 from faceq.workers.device_stage import build_device_stage
 from faceq.workers.engine import Engine
@@ -57,7 +57,6 @@ from faceq.workers.stage_cpu import StageCPU, clock
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int], None]  # told how many items of a chunk have their results so far
 FINALIZE_LEASE_SECONDS = 30  # renewed every third of this while finalize runs
 
 
@@ -154,6 +153,7 @@ class ChunkProcessor:
         # FACEQ_DETECT_DEVICE: detect mode on a torch device, the CPU path its fallback per photo
         self.device_detect = build_device_stage(settings, storage, detector, self.cpu)
         self._io_lock = threading.Lock()
+        self.progress_every = DEFAULT_EVERY  # seconds between a running chunk's reports to the ledger
 
     def close(self) -> None:
         self._io.shutdown(wait=False, cancel_futures=True)
@@ -208,11 +208,13 @@ class ChunkProcessor:
             return BadInputError("internal", f"{type(exc).__name__}: {exc}")
 
     def _prepare_all(self, items: list[Item], mode: str, allowed: AllowedSources, batch: np.ndarray | None = None,
-                     shared: SharedBatch | None = None) -> list[PreparedImage | BadInputError]:
+                     shared: SharedBatch | None = None, progress: ChunkProgress | None = None
+                     ) -> list[PreparedImage | BadInputError]:
         """Every item prepared, or an error row for one that did not finish within the timeout.
         With ``batch`` (crop mode: (len(items), 112, 112, 3) uint8), item i's crop is left in
         ``batch[i]``. With ``shared`` (that batch in shared memory), the crop pool's children
-        read the local items; the threads read the rest.
+        read the local items; the threads read the rest. ``progress`` hears of items that end
+        here (an error, no face) as the threads finish them.
         """
         if mode == "detect" and self.device_detect is not None:
             return self.device_detect.prepare(items, allowed)
@@ -220,17 +222,18 @@ class ChunkProcessor:
         local = {}
         if shared is not None:
             local = {i: item.source_uri for i, item in enumerate(items) if item.source_uri.startswith("file:")}
-            outcomes, cpu = self.crop_pool.read(shared, local, allowed, self.settings.item_timeout_seconds)
+            outcomes, cpu = self.crop_pool.read(shared, local, allowed, self.settings.item_timeout_seconds,
+                                                failed=None if progress is None else progress.settled)
             self.cpu.add_many(**cpu)
             for i, outcome in outcomes.items():
                 prepared[i] = outcome
         rest = [i for i in range(len(items)) if i not in local]
         if rest:
-            self._prepare_in_threads(items, rest, mode, allowed, batch, prepared)
+            self._prepare_in_threads(items, rest, mode, allowed, batch, prepared, progress or ChunkProgress())
         return prepared
 
     def _prepare_in_threads(self, items: list[Item], indices: list[int], mode: str, allowed: AllowedSources,
-                            batch: np.ndarray | None, prepared: list) -> None:
+                            batch: np.ndarray | None, prepared: list, progress: ChunkProgress) -> None:
         """``prepared[i]`` for each of ``indices``.
 
         A few pool threads (``_threads_for``) each take the next item until none is left: one
@@ -256,6 +259,8 @@ class ChunkProcessor:
                     raise
                 if not stop.is_set():
                     prepared[i] = outcome
+                    if isinstance(outcome, BadInputError) or not outcome.faces:
+                        progress.settled()  # its row needs no model: done now
 
         futures = [pool.submit(drain) for _ in range(min(self._threads_for([items[i] for i in indices[:8]]), n))]
         _, not_done = wait(futures, timeout=self.settings.item_timeout_seconds)
@@ -285,11 +290,13 @@ class ChunkProcessor:
             return self.settings.io_threads
         return max(1, min(self.settings.io_threads, usable_cores()))
 
-    def rows(self, header: JobHeader, items: list[Item], progress: Progress | None = None) -> list[ItemResult]:
+    def rows(self, header: JobHeader, items: list[Item], progress: ChunkProgress | None = None
+             ) -> list[ItemResult]:
         """Rows in item order: one per item (its largest face, ``no_face`` or ``error``), or
         one per usable face with ``all_faces``; attendance rows carry the decision against
         the gallery, compare rows (one per pair) the decision on their two photos.
-        ``progress(n)``: told now and then how many items have their results so far."""
+        ``progress``: counts the items with their results so far."""
+        progress = progress or ChunkProgress()
         if header.kind == "compare":
             return self._compare_rows(header, items, progress)
         rows = self._image_rows(header, items, progress)
@@ -297,8 +304,7 @@ class ChunkProcessor:
             self._verify(header, rows)
         return rows
 
-    def _image_rows(self, header: JobHeader, items: list[Item], progress: Progress | None = None
-                    ) -> list[ItemResult]:
+    def _image_rows(self, header: JobHeader, items: list[Item], progress: ChunkProgress) -> list[ItemResult]:
         if header.mode == "detect" and self.detector is None:
             raise ModelError(no_detector_message(header.job_id))
         if header.mode != "crop":
@@ -311,9 +317,9 @@ class ChunkProcessor:
             return self._rows_of(header, items, batch, shared, progress)
 
     def _rows_of(self, header: JobHeader, items: list[Item], batch: np.ndarray | None, shared: SharedBatch | None,
-                 progress: Progress | None = None) -> list[ItemResult]:
+                 progress: ChunkProgress) -> list[ItemResult]:
         with self.metrics.stage("prepare"):
-            prepared = self._prepare_all(items, header.mode, self.allowed_sources(header), batch, shared)
+            prepared = self._prepare_all(items, header.mode, self.allowed_sources(header), batch, shared, progress)
         rows_started = clock()
         faces = [  # (item index, face crop) for every face that goes through the model
             (i, face)
@@ -324,6 +330,7 @@ class ChunkProcessor:
         faces_of_item: dict[int, list[int]] = {}
         for position, (i, _) in enumerate(faces):
             faces_of_item.setdefault(i, []).append(position)
+        progress.settled_total(len(items) - len(faces_of_item))
         embeddings, quality = (None, None)
         if faces:
             with self.metrics.stage("device"):
@@ -331,7 +338,8 @@ class ChunkProcessor:
                     crops = np.stack([face.pixels for _, face in faces])
                 else:
                     crops = batch if len(faces) == len(items) else batch[[i for i, _ in faces]]
-                embeddings, quality = self._infer_reporting(crops, _items_done(len(items), faces_of_item, progress))
+                last_faces = sorted(positions[-1] for positions in faces_of_item.values())
+                embeddings, quality = self._infer_reporting(crops, progress.faces_done(last_faces))
         now = datetime.now(timezone.utc)
         rows = []
         for i, (item, outcome) in enumerate(zip(items, prepared)):
@@ -355,8 +363,7 @@ class ChunkProcessor:
         self.cpu.add("rows", clock() - rows_started)
         return rows
 
-    def _compare_rows(self, header: JobHeader, pairs: list[Item], progress: Progress | None = None
-                      ) -> list[ItemResult]:
+    def _compare_rows(self, header: JobHeader, pairs: list[Item], progress: ChunkProgress) -> list[ItemResult]:
         """One row per pair. Every distinct photo of the chunk goes through the model once,
         however many pairs it appears in; its largest face is the one compared (progress:
         pairs in proportion to the photos with results)."""
@@ -364,8 +371,8 @@ class ChunkProcessor:
         for pair in pairs:
             photos.setdefault(pair.source_uri, len(photos))
             photos.setdefault(pair.fields.get(SECOND_IMAGE_FIELD, ""), len(photos))  # "": a bad_uri row
-        pairs_done = None if progress is None else (lambda n: progress(len(pairs) * n // len(photos)))
-        photo_rows = self._image_rows(header, [Item(uri, uri) for uri in photos], pairs_done)
+        progress.count_as(lambda n: len(pairs) * n // len(photos))
+        photo_rows = self._image_rows(header, [Item(uri, uri) for uri in photos], progress)
         rows = []
         for pair in pairs:
             b_uri = pair.fields.get(SECOND_IMAGE_FIELD, "")
@@ -386,12 +393,14 @@ class ChunkProcessor:
             ))
         return rows
 
-    def _infer_reporting(self, crops: np.ndarray, on_progress: Callable[[int], None] | None):
-        """The model on ``crops``; with a batcher, ``on_progress`` hears how many have results
-        while this thread waits (without one, the engine's call is not cut up: no report)."""
-        if self._batcher is None or on_progress is None:
-            return self._infer(crops)
-        return self._batcher.infer(crops, on_progress)
+    def _infer_reporting(self, crops: np.ndarray, on_faces: Callable[[int], None]):
+        """The model on ``crops``, ``on_faces`` hearing how many have results: with a batcher
+        while this thread waits, without one after each engine batch (the call is cut where the
+        engine would cut it)."""
+        if self._batcher is not None:
+            return self._batcher.infer(crops, on_faces, every=0.1)  # only a counter: cheap to poll
+        step = getattr(self.engine, "max_batch", None) or MODEL_SLICE
+        return infer_in_slices(self._infer, crops, step, on_faces)
 
     def _verify(self, header: JobHeader, rows: list[ItemResult]) -> None:
         """Attendance: 1:1 decision against the claimed employee, best 1:N candidates."""
@@ -449,7 +458,8 @@ class ChunkProcessor:
             raise GaveUp(f"started {deliveries - 1} times without finishing (the worker died or hung each time: "
                          f"a poison input?); not tried again")
         items = self.items(header, ref.index)
-        rows = self.rows(header, items, self._progress_reporter(ref))
+        with ChunkProgress(self._progress_reporter(ref), self.progress_every) as progress:
+            rows = self.rows(header, items, progress)
         seconds = time.perf_counter() - start
         stats = {
             "n_items": len(items),
@@ -475,7 +485,7 @@ class ChunkProcessor:
         )
         return ChunkOutcome(record, len(items), stats["n_errors"], stats["n_flagged"], seconds)
 
-    def _progress_reporter(self, ref: ChunkRef) -> Progress:
+    def _progress_reporter(self, ref: ChunkRef) -> Callable[[int], None]:
         """Items of this chunk with results so far, into the ledger. Best effort and never
         retried: progress must not slow the chunk down, and recording the chunk counts it whole."""
 
@@ -490,19 +500,6 @@ class ChunkProcessor:
     def _record(self, header: JobHeader, index: int, stats: dict) -> ChunkRecord:
         return self._redis(lambda: self.ledger.record_chunk(header.job_id, header.run_id, index, stats),
                            f"job {header.job_id} chunk {index}: recording")
-
-
-def _items_done(n_items: int, faces_of_item: dict[int, list[int]], progress: Progress | None
-                ) -> Callable[[int], None] | None:
-    """``progress`` fed from a count of faces with results: an item is done when all its faces
-    are (items without a face to run are done already, and reported at once)."""
-    if progress is None:
-        return None
-    settled = n_items - len(faces_of_item)
-    last_faces = sorted(positions[-1] for positions in faces_of_item.values())
-    if settled:
-        progress(settled)
-    return lambda faces_done: progress(settled + bisect.bisect_left(last_faces, faces_done))
 
 
 class _LeaseRenewer:

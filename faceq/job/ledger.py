@@ -67,6 +67,12 @@ return 0
 """
 
 
+def items_done(recorded: str | int | None, partial: list, n_items: str | int | None) -> int:
+    """Items with results: of recorded chunks plus the running chunks' counts (the ``…:partial``
+    values), never above the job's total. One rule for `faceq status` and the metrics."""
+    return min(int(recorded or 0) + sum(map(int, partial)), int(n_items or 0))
+
+
 class ChunkRecord(Enum):
     STALE = -1  # the chunk belongs to an older run of this job id (or to a job Redis forgot)
     PENDING = 0  # other chunks are still outstanding
@@ -277,7 +283,7 @@ class Ledger:
             n_chunks=int(meta["n_chunks"]),
             n_items=int(meta["n_items"]),
             chunks_done=int(chunks_done),
-            items_done=min(int(meta.get("items_done", 0)) + sum(map(int, partial)), int(meta["n_items"])),
+            items_done=items_done(meta.get("items_done"), partial, meta["n_items"]),
             errors=int(meta.get("errors", 0)),
             flagged=int(meta.get("flagged", 0)),
             failed=dict(failed),
