@@ -6,14 +6,25 @@ all of it. Here:
 
 1. **Coarse pass**: the photo decoded at n/8 of its size by libjpeg's DCT scaling; YuNet with a
    low score threshold (``COARSE_SCORE``) finds candidate faces.
-2. **Fine pass**, per candidate: a region of the *search image* around it — the face plus
-   ``CONTEXT`` search pixels on every side (YuNet's landmarks depend on that much surrounding
-   image: with less they move by pixels), its corners on YuNet's 32-pixel stride grid and on
-   whole photo pixels of the ``INTER_AREA`` resize — is rebuilt from full-resolution pixels of
-   that region only (``faceq.models.jpeg_region.decode_region``, bit-identical to a full decode) and
-   resized with the same factor. Those pixels are exactly the full search's pixels, and YuNet
-   sees them on the same stride grid, so it reports the same box and landmarks (to float
-   rounding). YuNet's score threshold there is the full search's: it decides what is a face.
+2. **Fine pass**, per candidate: a region of the *search image* around it — ``REACH`` search
+   pixels from the face's centre on every side (at least ``BOX_MARGIN`` beyond its box), its
+   corners on YuNet's 32-pixel stride grid and on whole photo pixels of the ``INTER_AREA``
+   resize — is rebuilt from full-resolution pixels of that region only
+   (``faceq.models.jpeg_region.decode_region``, bit-identical to a full decode) and resized with
+   the same factor. Those pixels are exactly the full search's pixels, YuNet sees them on the
+   same stride grid, and nothing its outputs for the face depend on lies outside the region, so
+   it reports the same box and landmarks (to float rounding). YuNet's score threshold there is
+   the full search's: it decides what is a face.
+
+   Why ``REACH`` is 256: the region's edges are zero padding to YuNet where the full search had
+   photo pixels, and every output of an anchor depends on input from 195 px left/above to
+   225 px right/below of it (measured: the input gradient of each head at every stride, through
+   the top-down neck, which brings stride-32 features to every level); the winning anchor sits
+   within one stride-32 cell of the face's centre. A margin counted from the face's *box* (the
+   first version: 128 px) is short of that for small faces: landmarks moved by 0.46 search px
+   (1.2 photo px, cos 0.957) for a 22-px face in a 4000×3000 photo and by up to 0.2 for the
+   four-faces photo. Measured from the centre, the worst landmark/box difference over the parity
+   photos is 5.1 px at 160, 1.0 at 208, 0.003 at 224, 3e-4 at 240 and 6e-5 at 256.
 3. **Align** from the full-resolution region, with the full path's transform moved by the
    region's offset.
 
@@ -50,7 +61,8 @@ from faceq.models.preprocess import FaceCrop, PreparedImage
 COARSE_SCORE = 0.3  # candidates only: the fine pass applies the full search's threshold
 RECALL_RATIO = 0.75  # coarse scale / search scale that keeps every face the full search finds
 COARSE_FACE_PX = 20  # head width (coarse pixels) from which the coarse pass finds a face
-CONTEXT = 128  # search pixels around a face that YuNet's landmarks depend on (96: up to 0.25 px moved)
+REACH = 256  # search px from a face's centre that YuNet's outputs for it depend on (see the docstring)
+BOX_MARGIN = 32  # search px kept around a face box larger than REACH allows for
 STRIDE = 32  # YuNet's coarsest stride: regions start on its grid
 MAX_GRID = 256  # a resize whose whole-pixel grid is coarser than this: take the full path
 COARSE_SLACK = 0.1  # share of a coarse box's size it may be off by (a face cut off is searched again)
@@ -140,11 +152,12 @@ class CoarseToFineDetector:
             pixels_of[len(regions_done) - 1] = pixels
             kept, cut = self._fine_faces(pixels, region, scale, search_size)
             detections += [(face, region) for face in kept if not _seen(face, detections)]
-            for box in cut:  # a face larger than its coarse box: once more, with its whole context
+            for box in cut:  # a face off its coarse box: once more, with its whole context around it
                 key = tuple(np.round(box).astype(int))
-                if key not in retried:
-                    retried.add(key)
-                    pending.append(_region(box, (1.0, 1.0), search_size, (width, height), grid, slack=0))
+                if key in retried:  # still cut in a region of its own: never lose it, search it all
+                    return None
+                retried.add(key)
+                pending.append(_region(box, (1.0, 1.0), search_size, (width, height), grid, slack=0))
             seconds.lap("fine_detect")
         crops = []
         by_id = {id(face): k for k, (face, _) in enumerate(detections)}
@@ -172,8 +185,9 @@ class CoarseToFineDetector:
         kept, cut = [], []
         for face in self.fine.detect(search):
             bx0, by0, bx1, by1 = face.bbox + [x0, y0, x0, y0]
-            inside = ((x0 == 0 or bx0 - CONTEXT >= x0) and (y0 == 0 or by0 - CONTEXT >= y0)
-                      and (x1 == search_size[0] or bx1 + CONTEXT <= x1) and (y1 == search_size[1] or by1 + CONTEXT <= y1))
+            cx, cy, hx, hy = (bx0 + bx1) / 2, (by0 + by1) / 2, _half_extent(bx1 - bx0), _half_extent(by1 - by0)
+            inside = ((x0 == 0 or cx - hx >= x0) and (y0 == 0 or cy - hy >= y0)
+                      and (x1 == search_size[0] or cx + hx <= x1) and (y1 == search_size[1] or cy + hy <= y1))
             if not inside:
                 cut.append(np.array([bx0, by0, bx1, by1]))
                 continue
@@ -182,6 +196,11 @@ class CoarseToFineDetector:
             kept.append(Detection(((face.bbox + np.tile(offset, 2)) / factor),
                                   ((face.landmarks + offset) / factor), face.score))
         return kept, cut
+
+
+def _half_extent(size: float) -> float:
+    """Search px from a face's centre to the edge of a region that gives the full search's result."""
+    return max(REACH, size / 2 + BOX_MARGIN)
 
 
 def _grid(photo: int, search: int) -> int:
@@ -196,8 +215,8 @@ def _region(bbox: np.ndarray, coarse_scale: tuple[float, float], search_size: tu
     corners = []
     for axis in (0, 1):
         low, high = bbox[axis] * coarse_scale[axis], bbox[axis + 2] * coarse_scale[axis]
-        margin = CONTEXT + slack * (high - low)
-        low, high = low - margin, high + margin
+        centre, half = (low + high) / 2, _half_extent(high - low) + slack * (high - low)
+        low, high = centre - half, centre + half
         step = grid[axis]
         corners.append((max(0, int(low // step) * step), min(search_size[axis], math.ceil(high / step) * step)))
     (x0, x1), (y0, y1) = corners
