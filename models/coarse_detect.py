@@ -55,7 +55,8 @@ import numpy as np
 
 from faceq.models.align import ARCFACE_TEMPLATE, INPUT_SIZE, similarity_transform
 from faceq.models.detect import Detection, FaceDetector, usable_faces
-from faceq.models.jpeg_region import FULL_DECODE_SHARE, PlainJpeg, decode_full, decode_region, decode_scaled, plain_jpeg
+from faceq.models.jpeg_region import (FULL_DECODE_SHARE, PlainJpeg, decode_full, decode_region, decode_regions,
+                                      decode_scaled, plain_jpeg)
 from faceq.models.preprocess import FaceCrop, PreparedImage
 
 COARSE_SCORE = 0.3  # candidates only: the fine pass applies the full search's threshold
@@ -139,12 +140,14 @@ class CoarseToFineDetector:
         regions = _merge([_region(face.bbox, coarse_scale, search_size, (width, height), grid) for face in candidates])
         detections: list[tuple[Detection, Region]] = []
         full = decode_full(jpeg) if _area(regions) > FULL_DECODE_SHARE * width * height else None
+        decoded = ({} if full is not None or len(regions) < 2 else  # several regions: one crop pass for all
+                   {id(r): p for r, p in zip(regions, decode_regions(jpeg, [r.photo for r in regions]))})
         pixels_of: dict[int, np.ndarray] = {}
         regions_done: list[Region] = []
         pending, retried = list(regions), set()
         while pending:
             region = pending.pop(0)
-            pixels = _photo_pixels(jpeg, region, full)
+            pixels = decoded[id(region)] if decoded.get(id(region)) is not None else _photo_pixels(jpeg, region, full)
             if pixels is None:
                 return None
             seconds.lap("region_decode")

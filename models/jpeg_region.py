@@ -3,7 +3,7 @@
 - ``decode_scaled``: the whole photo at n/8 of its size through libjpeg's DCT scaling (the
   entropy decode is paid in full, the inverse DCT, upsampling and colour conversion only at the
   reduced size): the coarse pass's input.
-- ``decode_region``: full-resolution pixels of a rectangle, bit-identical to the same rectangle
+- ``decode_region(s)``: full-resolution pixels of a rectangle (several: one crop pass), bit-identical to the same rectangle
   of a full decode: a lossless crop of the coefficients (libjpeg-turbo's ``tjTransform`` with
   ``TJXOPT_CROP``, through PyTurboJPEG) decoded on its own. A crop starts on an MCU boundary and
   its edge pixels are upsampled from replicated chroma, so one MCU of margin is cropped on every
@@ -122,15 +122,31 @@ def decode_region(jpeg: PlainJpeg, x0: int, y0: int, x1: int, y1: int) -> np.nda
     """Pixels ``[y0:y1, x0:x1]`` of the full decode, from a lossless crop with one MCU of margin;
     ``None`` when the crop cannot hold them (the partial MCUs at the right and bottom edges
     cannot be cropped) or the data is damaged: decode the whole photo then."""
+    return decode_regions(jpeg, [(x0, y0, x1, y1)])[0]
+
+
+def decode_regions(jpeg: PlainJpeg, rectangles: list[tuple[int, int, int, int]]) -> list[np.ndarray | None]:
+    """``decode_region`` for several rectangles with one lossless-crop pass: the transform reads
+    (entropy-decodes) the whole photo once whatever the crop's size — about as much CPU as a full
+    decode (measured: 13.5 ms of a 15 ms full decode, 1920×2400) — so several crops share it."""
     mcu_w, mcu_h = jpeg.mcu
-    cx0, cy0 = max(0, (x0 // mcu_w - 1) * mcu_w), max(0, (y0 // mcu_h - 1) * mcu_h)
-    cx1, cy1 = min(jpeg.width, (-(-x1 // mcu_w) + 1) * mcu_w), min(jpeg.height, (-(-y1 // mcu_h) + 1) * mcu_h)
+    crops, cuts = [], []
+    for x0, y0, x1, y1 in rectangles:
+        cx0, cy0 = max(0, (x0 // mcu_w - 1) * mcu_w), max(0, (y0 // mcu_h - 1) * mcu_h)
+        cx1, cy1 = min(jpeg.width, (-(-x1 // mcu_w) + 1) * mcu_w), min(jpeg.height, (-(-y1 // mcu_h) + 1) * mcu_h)
+        crops.append((cx0, cy0, cx1 - cx0, cy1 - cy0))
+        cuts.append((slice(y0 - cy0, y1 - cy0), slice(x0 - cx0, x1 - cx0)))
     decoder = _turbojpeg()
     try:
-        cropped = decoder.crop(jpeg.data, cx0, cy0, cx1 - cx0, cy1 - cy0)
-        pixels = decoder.decode(cropped, pixel_format=TJPF_BGR)
+        cropped = decoder.crop_multiple(jpeg.data, crops, copynone=True)
     except (OSError, ValueError):
-        return None
-    if pixels.shape[:2] != (cy1 - cy0, cx1 - cx0):  # PyTurboJPEG left out a partial edge MCU
-        return None
-    return pixels[y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0]
+        return [None] * len(rectangles)
+    regions = []
+    for data, (_, _, width, height), cut in zip(cropped, crops, cuts):
+        try:
+            pixels = decoder.decode(data, pixel_format=TJPF_BGR)
+        except (OSError, ValueError):
+            pixels = None
+        ok = pixels is not None and pixels.shape[:2] == (height, width)  # else a partial edge MCU was left out
+        regions.append(pixels[cut] if ok else None)
+    return regions
