@@ -53,6 +53,13 @@ def test_the_pipeline_section_measures_every_run_beside_a_dataloader():
     assert section["detect" if YUNET.is_file() else "crop_file"]["stage_cpu_ms_per_item"][
         "detect" if YUNET.is_file() else "crop"] > 0
     assert "crop_file_over_dataloader" in section["targets"] and "crop_s3_worker_cpu_ms_per_item" in section["targets"]
+    if YUNET.is_file():  # detect mode's coarse-to-fine path, beside the full one, with their parity
+        coarse = section["detect_coarse"]
+        assert coarse["detect_path"] == "coarse" and section["detect"]["detect_path"] == "full"
+        assert coarse["ips"] > 0 and coarse["stage_cpu_ms_per_item"]["coarse_detect"] > 0
+        same = section["detect_parity"]
+        assert same["faces_found"]["coarse"] == same["faces_found"]["full"] == 2
+        assert same["min_embedding_cosine"] >= 0.9999 and same["max_landmark_px"] <= 0.01
 
 
 @pytest.mark.skipif(not YUNET.is_file(), reason=f"YuNet weights not found at {YUNET}")
