@@ -366,13 +366,18 @@ def _review_command(args, client: Client) -> int:
         print(json.dumps(client.gallery(args.name, args.version), indent=2, default=str))
         return EXIT_OK
     if args.gallery_command == "photos":
-        photos = client.enrolment_photos(args.name, args.employee_id, args.version)
+        from faceq.gallery import GalleryStore
+
+        store = GalleryStore(client.storage)
+        version = store.info(args.name, args.version)  # one version named on the page and read below
+        photos = client.enrolment_photos(args.name, args.employee_id, version["version"])
         if not photos:
             raise JobError(f"gallery {args.name} records no enrolment photo of {args.employee_id!r}")
         if args.out:
             from faceq.outputs.report import enrolment_photos_page
 
-            args.out.write_text(enrolment_photos_page(client.storage, args.name, args.employee_id, photos))
+            args.out.write_text(enrolment_photos_page(client.storage, args.name, args.employee_id, photos, version,
+                                                      store.current_version(args.name)))
             print(f"wrote {args.out}")
         print(json.dumps(photos, indent=2, default=str))
         return EXIT_OK

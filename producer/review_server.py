@@ -39,6 +39,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 from faceq.job import spec as jobs
 from faceq.storage.allow import AllowedSources
 from faceq.errors import BadInputError, FaceqError
+from faceq.outputs.wording import plural
 from faceq.httpserve import BoundedHTTPServer
 from faceq.outputs.guidance import guidance_for
 from faceq.job.spec import JobHeader
@@ -160,7 +161,7 @@ class ReviewServer:
 
     def _section_note(self, section: str, count: int, listed: int) -> str:
         if count <= listed:
-            return f"{count} item(s)"
+            return plural(count, "item")
         return (f"first {listed} of {count} — <a class='more' href='/{self.token}/section/{section}?page=2'>"
                 f"next {min(self.page_size, count - listed)} →</a>")
 
@@ -168,7 +169,7 @@ class ReviewServer:
         self._remember(self.queue)
         reviewed = self._reviewed()
         job = html.escape(self.summary["job_id"])
-        intro = (f"<p>{sum(self.queue.counts.values())} item(s) to review, most urgent first. Record a verdict "
+        intro = (f"<p>{plural(sum(self.queue.counts.values()), 'item')} to review, most urgent first. Record a verdict "
                  f"with the buttons; it is stored with the job and shown beside the employee's later flags.</p>")
         body = (f"<h1>Review: {self.summary['kind']} job <code>{job}</code></h1><p class='muted'>gallery "
                 f"{html.escape(str(self.summary.get('gallery') or '—'))} · reviewer "

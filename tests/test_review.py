@@ -245,6 +245,11 @@ def test_delta_enrolment_makes_a_version_with_exactly_the_changed_employees(stac
     listed = st.producer("gallery", "photos", gallery, "e2", "--out", str(page))
     assert listed.returncode == 0, listed.stderr
     assert len(parse(page.read_text()).find_all("img", "checkin-photo")) == 1
+    assert f"{gallery}, version {base + 1}" in page.read_text() and "the current version" in page.read_text()
+    older = st.producer("gallery", "photos", gallery, "e2", "--version", str(base), "--out", str(page))
+    assert older.returncode == 0, older.stderr
+    assert f"version {base}</h1>" in page.read_text()
+    assert f"not the current version (that is version {base + 1})" in page.read_text()
     assert gallery in json.loads(st.producer("galleries").stdout)
     report = parse(st.output("rev-delta", "report"))
     assert "e6" in report.text() and "updated" in report.text()

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from faceq.outputs.placeholder import ITEM_NOTE, is_placeholder, warning_for
+from faceq.outputs.wording import code_label, plural
 from faceq.storage.store import Storage
 from faceq.when import time_html
 
@@ -82,10 +83,11 @@ def _table(header: list[str], rows: list[list]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _counts(title: str, counts: dict) -> str:
+def _counts(title: str, counts: dict, decides: str | None = None) -> str:
+    """A count table in a reviewer's words; each code is kept in its cell's title (scripts)."""
     if not counts:
         return ""
-    return f"<div><h3>{_e(title)}</h3>" + _table(["", "count"], [[_e(k), v] for k, v in counts.items()]) + "</div>"
+    return f"<div><h3>{_e(title)}</h3>" + _table(["", "count"], [[code_label(k, decides), v] for k, v in counts.items()]) + "</div>"
 
 
 def histogram_png(histogram: dict, review_quality: float, match_quality: float) -> str | None:
@@ -376,9 +378,11 @@ def _item(row: dict, index: int, summary: dict, context: ReviewContext, images: 
     if decides == "compare":
         numbers = [f"quality A {_score(row.get('quality'))}", f"quality B {_score(row.get('quality_b'))}"]
     if decides:
-        numbers = [f"decision {row.get('decision')}"] + (
-            [f"similarity {row['similarity']:.3f}"] if row.get("similarity") is not None else []) + numbers
-    facts += [("Result", "result", _e(" · ".join(numbers) or row.get("status")))]
+        numbers = ([f"similarity {row['similarity']:.3f}"] if row.get("similarity") is not None else []) + numbers
+    result = [_e(n) for n in numbers]
+    if decides:  # the decision in words, its code in the title
+        result.insert(0, code_label(str(row.get("decision")), decides))
+    facts += [("Result", "result", " · ".join(result) or _e(row.get("status")))]
     if row.get("error"):
         facts += [("Error", "error", _e(row["error"]))]
     details = "<dl class='facts'>" + "".join(f"<dt>{_e(label)}</dt><dd class='{css}'>{value}</dd>"
@@ -441,10 +445,10 @@ def render_review_queue(summary: dict, flagged, storage: Storage, decides: str |
     counts = summary["counts"]
     n_listed = counts["needs_review"] - counts["folded_into_source_alerts"]
     parts = [f"<h2 id='review-queue'>Review queue</h2>{intro}" if intro is not None else
-             f"<h2 id='review-queue'>Review queue</h2><p>{n_listed} item(s) to review"
+             f"<h2 id='review-queue'>Review queue</h2><p>{plural(n_listed, 'item')} to review"
              + (f", and {counts['folded_into_source_alerts']} explained by camera alerts (below)"
                 if counts["folded_into_source_alerts"] else "") +
-             f". Sections go from most to least urgent; each lists its first {queue.section_rows} items "
+             f". Sections go from most to least urgent; each lists its first {plural(queue.section_rows, 'item')} "
              f"({queue.total_rows} at most on this page) — <b>review.csv</b> has every one with the same "
              "columns.</p><p class='muted'>Record a verdict with <code>faceq verdict "
              f"{_e(summary['job_id'])} ITEM_ID confirmed|rejected|retake --note \"…\"</code>, or review in the "
@@ -465,7 +469,7 @@ def render_review_queue(summary: dict, flagged, storage: Storage, decides: str |
                 f"<figcaption>{_e(r['item_id'])}</figcaption></figure>" for r in queue.alert_samples.get(source, []))
             message = alerts.get(source, {}).get("message", source)
             parts.append(f"<div class='alert camera-alert' data-source='{_a(source)}'><b>{_e(source)}</b>: "
-                         f"{n} flagged photo(s) folded under this alert — {_e(message)}"
+                         f"{plural(n, 'flagged photo')} folded under this alert — {_e(message)}"
                          f"<div class='photos'>{samples}</div></div>")
     if top_employees:
         anchors: dict[str, int] = {}
@@ -481,12 +485,12 @@ def render_review_queue(summary: dict, flagged, storage: Storage, decides: str |
         more = len(queue.employees) - len(top_employees)
         parts.append("<h3 id='by-employee'>By employee</h3>" + _table(
             ["claimed employee", "flags", "by section", "earlier verdicts"], table)
-            + (f"<p class='muted'>{more} more employee(s) with fewer flags: see review.csv.</p>" if more > 0 else ""))
+            + (f"<p class='muted'>{plural(more, 'more employee')} with fewer flags: see review.csv.</p>" if more > 0 else ""))
     index = 0
     for section, n, listed in sections:
         guide = guidance_for(section, decides)
         note = section_note(section, n, len(listed)) if section_note else (
-            f"first {len(listed)} of {n} (all of them are in review.csv)" if n > len(listed) else f"{n} item(s)")
+            f"first {len(listed)} of {n} (all of them are in review.csv)" if n > len(listed) else plural(n, "item"))
         parts.append(f"<section class='queue' id='s-{_a(section)}' data-count='{n}'><h3>{_e(guide.title)} "
                      f"<span class='badge'>{n}</span></h3><p class='muted'>{note}</p>")
         for row in listed:
@@ -544,8 +548,8 @@ def render_report(summary: dict, flagged, storage: Storage, decides: str | None,
     thresholds = summary["thresholds"]
     parts = [page_head(f"faceq {summary['job_id']}"),
              f"<h1>faceq {_e(summary['kind'])} job <code>{_e(summary['job_id'])}</code></h1>",
-             f"<p class='muted'>{summary['n_items']} {'pairs' if decides == 'compare' else 'items'} → "
-             f"{summary['n_rows']} rows · mode {_e(summary['mode'])} · "
+             f"<p class='muted'>{plural(summary['n_items'], 'pair' if decides == 'compare' else 'item')} → "
+             f"{plural(summary['n_rows'], 'row')} · mode {_e(summary['mode'])} · "
              f"source {_e(summary['source'])}" + (f" · gallery {_e(summary['gallery'])}" if summary.get('gallery')
                                                   and isinstance(summary['gallery'], str) else "") +
              f" · model {_e(', '.join(summary['model_ids']))} · {_rate(summary['timings'])}</p>"]
@@ -554,10 +558,12 @@ def render_report(summary: dict, flagged, storage: Storage, decides: str | None,
         parts.append(f"<div class='alert job-warning'><b>Warning</b> — {_e(warning)}</div>")
     for alert in summary["alerts"]:
         parts.append(f"<div class='alert'><b>Camera alert</b> — {_e(alert['message'])}</div>")
-    parts.append("<h2>Counts</h2><div class='grid'>" + _counts("Status", counts["status"]) +
-                 _counts("Decision", counts.get("decision", {})) + _counts("Review reasons", counts["review_reasons"])
+    parts.append("<h2>Counts</h2><div class='grid'>" + _counts("Status", counts["status"], decides) +
+                 _counts("Decision", counts.get("decision", {}), decides)
+                 + _counts("Review reasons", counts["review_reasons"], decides)
                  + "</div>")
-    parts.append(f"<p>{counts['needs_review']} items need review"
+    need = counts["needs_review"]
+    parts.append(f"<p>{plural(need, 'item')} {'needs' if need == 1 else 'need'} review"
                  + (f", of which {counts['folded_into_source_alerts']} are explained by the camera alerts above"
                     if counts["folded_into_source_alerts"] else "") + ". <a href='#review-queue'>Review queue</a></p>")
     parts.append("<h2>Quality</h2>" + _quality_chart(summary["quality"]["histogram"], thresholds))
@@ -575,8 +581,11 @@ def render_report(summary: dict, flagged, storage: Storage, decides: str | None,
     return "".join(parts)
 
 
-def enrolment_photos_page(storage: Storage, gallery: str, employee_id: str, members: list[dict]) -> str:
-    """A small page with one employee's enrolment photos (``faceq gallery photos --out``)."""
+def enrolment_photos_page(storage: Storage, gallery: str, employee_id: str, members: list[dict],
+                          version: dict | None = None, current: int | None = None) -> str:
+    """A small page with one employee's enrolment photos (``faceq gallery photos --out``).
+    ``version``: the gallery version's info (``GalleryStore.info``): a gallery changes with every
+    enrolment, so the page says which version it shows and whether that is the current one."""
     keys = {(m["source_uri"], CHECKIN_PX, None, None) for m in members if m.get("source_uri")}
     images = fetch_photos(storage, keys)
     figures = []
@@ -586,5 +595,14 @@ def enrolment_photos_page(storage: Storage, gallery: str, employee_id: str, memb
         figures.append(f"<figure>{_img(b64, 'checkin-photo', m['item_id'])}<figcaption>{_e(quality)}"
                        f"{'used in the template' if m['used'] else 'not used (below the enrolment threshold)'}"
                        f"<br>{_e(m.get('source_uri'))}</figcaption></figure>")
-    return (page_head(f"{employee_id} in {gallery}") + f"<h1>{_e(employee_id)} — enrolment photos in gallery "
-            f"{_e(gallery)}</h1><div class='photos'>{''.join(figures)}</div></body></html>")
+    which, note = "", ""
+    if version is not None:
+        n = version["version"]
+        which = f", version {n}"
+        state = "the current version" if current == n else f"not the current version (that is version {current})" \
+            if current is not None else ""
+        made = f"made {time_html(version['created_at'])}" if version.get("created_at") else ""
+        note = "<p class='muted gallery-version' data-version='{}'>{}</p>".format(
+            n, " · ".join(x for x in (f"gallery {_e(gallery)}@v{n}", state, made) if x))
+    return (page_head(f"{employee_id} in {gallery}{which}") + f"<h1>{_e(employee_id)} — enrolment photos in gallery "
+            f"{_e(gallery)}{which}</h1>{note}<div class='photos'>{''.join(figures)}</div></body></html>")
