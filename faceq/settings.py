@@ -100,7 +100,8 @@ class Settings:
     min_face: int = 10
     detect_score: float = 0.7
     detect_max_side: int = 1280
-    # full | coarse (models/coarse_detect.py): full by default until coarse meets parity on every test photo
+    # full | coarse (models/coarse_detect.py): coarse meets parity on every test photo, but with every face the
+    # full search finds kept its coarse pass runs at nearly the search's size: no cheaper (bench/RESULTS.md)
     detect_path: str = "full"
     detect_coarse_min_face: float = 0.0  # > 0: faces narrower than this (photo px) may be missed, for speed
     model_arch: str = "ir_se_64"
