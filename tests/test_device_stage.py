@@ -10,6 +10,7 @@ from faceq.job.spec import Item
 from faceq.settings import Settings
 from faceq.storage.store import open_storage
 from faceq.models.detect import FaceDetector
+from faceq.models.device_align import FIXED_POINT
 from faceq.models.null import NullModel
 from faceq.models.preprocess import PreparedImage
 from tests.conftest import YUNET, needs_yunet
@@ -59,6 +60,12 @@ def test_the_detect_device_setting_is_read_and_off_by_default(monkeypatch):
     assert Settings.from_env().detect_device == "cpu"
 
 
+# Landmarks of the two YuNets differ by ~1e-4 px. OpenCV 5 samples in floating point, so the
+# crops differ by at most a rounding; OpenCV 4 rounds coordinates to 1/32 px, and a landmark
+# 1e-4 px away can fall on the other side of such a step: a sample 1/32 px over, 2 levels on edges.
+PIXEL_TOLERANCE = 2 if FIXED_POINT else 1
+
+
 def test_a_detect_chunk_through_the_device_path_matches_the_cpu_path(tmp_path):
     items = _items(tmp_path / "photos")
     allowed = AllowedSources.parse("", ((tmp_path / "photos").as_uri() + "/",))
@@ -75,7 +82,7 @@ def test_a_detect_chunk_through_the_device_path_matches_the_cpu_path(tmp_path):
             continue
         assert isinstance(mine, PreparedImage) and mine.face_count == reference.face_count >= 1, item.item_id
         for a, b in zip(mine.faces, reference.faces):
-            assert np.abs(a.pixels.astype(int) - b.pixels).max() <= 1, item.item_id
+            assert np.abs(a.pixels.astype(int) - b.pixels).max() <= PIXEL_TOLERANCE, item.item_id
             assert np.abs(np.subtract(a.bbox, b.bbox)).max() <= 0.5, item.item_id
     assert [o.face_count for o in ours[:3]] == [1, 1, 4]
     stages = on_device.cpu.totals()
