@@ -3,7 +3,7 @@
 FROM python:3.11-slim
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
-RUN apt-get update && apt-get install -y --no-install-recommends curl libturbojpeg0 && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends curl && rm -rf /var/lib/apt/lists/*
 RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
 WORKDIR /app
 # exactly what CI tested (make lock): every package pinned and hash-checked; torch stays the one above

@@ -53,10 +53,11 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from faceq.errors import ModelError
 from faceq.models.align import ARCFACE_TEMPLATE, INPUT_SIZE, similarity_transform
 from faceq.models.detect import Detection, FaceDetector, usable_faces
 from faceq.models.jpeg_region import (FULL_DECODE_SHARE, PlainJpeg, decode_full, decode_region, decode_regions,
-                                      decode_scaled, plain_jpeg)
+                                       decode_scaled, plain_jpeg, region_decoding_available)
 from faceq.models.preprocess import FaceCrop, PreparedImage
 
 COARSE_SCORE = 0.3  # candidates only: the fine pass applies the full search's threshold
@@ -104,10 +105,16 @@ def coarse_eighths(search_scale: float, min_face_px: float = 0) -> int:
     return min(8, max(1, math.ceil(needed * 8 - 1e-9)))
 
 
+COARSE_HELP = ("FACEQ_DETECT_PATH=coarse needs PyTurboJPEG and the system's libturbojpeg: "
+               "pip install 'faceq[coarse]' and apt-get install libturbojpeg0 (or FACEQ_DETECT_PATH=full)")
+
+
 class CoarseToFineDetector:
     """The full search's detections and crops, from a coarse decode and full-resolution regions."""
 
     def __init__(self, detector: FaceDetector, min_face_px: float = 0):
+        if not region_decoding_available():  # at worker start, in one line, not a silent full path
+            raise ModelError(COARSE_HELP)
         self.detector = detector
         self.min_face_px = min_face_px
         unlimited = 1 << 30  # both run on images already at the size they are meant to search
