@@ -172,4 +172,8 @@ def test_a_run_with_every_part_and_no_summary_is_finalized_by_the_workers(make_s
     print(f"lost finalize: summary {seconds:.1f}s after it was lost")
     assert stack.summary("lost-finalize")["run_id"] == summary["run_id"]
     stack.assert_complete("lost-finalize", expected)
+    # finalize writes the summary first, then marks the ledger done: the second follows shortly
+    deadline = time.monotonic() + 15
+    while client.hget("faceq:job:lost-finalize", "state") != "done" and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert client.hget("faceq:job:lost-finalize", "state") == "done"
