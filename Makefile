@@ -58,7 +58,7 @@ test-lowest: install
 	rm -rf $(LOWEST_VENV)
 	$(PYTHON) -m venv $(LOWEST_VENV)
 	$(call install_torch,$(LOWEST_VENV)/bin/python)
-	$(VENV)/bin/uv pip compile pyproject.toml --extra worker --extra readers --extra coarse --resolution lowest-direct --python-version 3.11 \
+	$(VENV)/bin/uv pip compile pyproject.toml --extra worker --extra readers --resolution lowest-direct --python-version 3.11 \
 		--override $(NO_TORCH) --quiet -o $(LOWEST_VENV)/lowest.txt
 	$(VENV)/bin/uv pip install -q --python $(LOWEST_VENV)/bin/python -r $(LOWEST_VENV)/lowest.txt
 	$(VENV)/bin/uv pip install -q --python $(LOWEST_VENV)/bin/python -e ".[dev]" -c $(LOWEST_VENV)/lowest.txt

@@ -19,6 +19,9 @@ folder; ``--quick-pipeline`` for a small one, ``--skip-pipeline`` for none, and
 crop job and one detect job through a real worker; exits non-zero when a job fails or stalls);
 see ``bench/gpu.py``.
 
+``python -m bench recall``: faces found by the full search and by the coarse pass of
+coarse-to-fine detect, by face size (how its coarse scale is chosen); see ``bench/recall.py``.
+
 ``python -m bench scale --items N [--items N ...]``: what a job costs as it grows (producer
 time and memory, Redis bytes, manifest bytes, end-to-end items/s with the zero-cost model
 stand-in, finalize time and memory); see ``bench/scale.py``.
@@ -114,6 +117,10 @@ def main() -> None:
         from bench import gpu
 
         sys.exit(gpu.main(sys.argv[2:]))
+    if sys.argv[1:2] == ["recall"]:
+        from bench import recall
+
+        sys.exit(recall.main(sys.argv[2:]))
     if sys.argv[1:2] == ["pipeline"]:
         from bench import datapath
 

@@ -11,11 +11,14 @@ at a time:
 - ``crop_s3``: crops in S3 (moto on loopback; results written to S3 too);
 - ``detect``: 1920×2400 JPEG photos with one face each (scikit-image's astronaut and
   matplotlib's Grace Hopper, upscaled, with sensor-like noise), YuNet + alignment, the full
-  path (``FACEQ_DETECT_PATH=full``);
+  path (``FACEQ_DETECT_PATH=full``) with the default engine (ONNX Runtime);
+- ``detect_opencv``: the same with OpenCV's YuNet (``FACEQ_DETECT_ENGINE=opencv``, the engine before);
 - ``detect_coarse``: the same photos through the coarse-to-fine path (``FACEQ_DETECT_PATH=coarse``,
-  models/coarse_detect.py; its stages: coarse_decode, coarse_detect, region_decode, fine_detect,
-  align), and ``detect_parity`` beside them: faces found by each path, the largest landmark
-  difference and the smallest embedding cosine between them (bench/detect_parity.py);
+  models/coarse_detect.py; its stages: decode, coarse_resize, coarse_detect, fine_detect, align),
+  and ``detect_parity`` beside them: faces found by each path, the largest landmark difference and
+  the smallest embedding cosine between them (bench/detect_parity.py);
+- ``detect_coarse_min_face``: the coarse path told that faces are at least 160 photo px wide
+  (``FACEQ_DETECT_COARSE_MIN_FACE=160``: its coarse pass at 1/8 scale; smaller faces may be missed);
 - ``dataloader``: what a user would write instead: a plain ``torch.utils.data.DataLoader`` over
   the ``crop_file`` folder (Pillow decode, uint8 tensors, batch 256, ``num_workers=2``).
 
@@ -248,8 +251,13 @@ def dataloader(paths: list[Path], runs: int, batch: int = 256, num_workers: int 
             "runs": [round(r, 1) for r in rates]}
 
 
-SECTIONS = ("dataloader", "crop_file", "crop_file_one_core", "crop_s3", "detect", "detect_coarse")
-DETECT_PATHS = {"detect": "full", "detect_coarse": "coarse"}  # section → FACEQ_DETECT_PATH
+SECTIONS = ("dataloader", "crop_file", "crop_file_one_core", "crop_s3", "detect", "detect_opencv", "detect_coarse",
+            "detect_coarse_min_face")
+# detect sections → the worker's detect settings (the engine's default: onnxruntime)
+DETECT_RUNS = {"detect": {"FACEQ_DETECT_PATH": "full"},
+               "detect_opencv": {"FACEQ_DETECT_PATH": "full", "FACEQ_DETECT_ENGINE": "opencv"},
+               "detect_coarse": {"FACEQ_DETECT_PATH": "coarse"},
+               "detect_coarse_min_face": {"FACEQ_DETECT_PATH": "coarse", "FACEQ_DETECT_COARSE_MIN_FACE": "160"}}
 
 
 def run(base_env: dict[str, str], workdir: Path, s3_endpoint: str | None, quick: bool = False,
@@ -282,16 +290,16 @@ def run(base_env: dict[str, str], workdir: Path, s3_endpoint: str | None, quick:
             s3_items.append(Item(path.name, uri))
         section["crop_s3"] = measure(base_env, workdir, "crop-s3", "s3://faceq-bench/pipeline", s3_items, "crop",
                                      runs, timeout, s3_endpoint=s3_endpoint, extra_env=extra_env)
-    detect_runs = [key for key in DETECT_PATHS if key in only]
+    detect_runs = [key for key in DETECT_RUNS if key in only]
     if detect_runs and YUNET.is_file():
         photos = write_photos(workdir / "pipeline-photos", sizes["photos"])
         for key in detect_runs:
-            env = {"FACEQ_DETECT_PATH": DETECT_PATHS[key]} | (extra_env or {})
+            env = DETECT_RUNS[key] | (extra_env or {})
             section[key] = measure(base_env, workdir, key.replace("_", "-"), (workdir / f"store-{key}").as_uri(),
                                    [Item(p.name, p.as_uri()) for p in photos], "detect", runs, timeout,
                                    allowed=((workdir / "pipeline-photos").as_uri(),), extra_env=env)
             section[key]["photo"] = f"{PHOTO_SIZE[0]}×{PHOTO_SIZE[1]} JPEG, one face"
-            section[key]["detect_path"] = env["FACEQ_DETECT_PATH"]
+            section[key]["detect_settings"] = {k: v for k, v in env.items() if k.startswith("FACEQ_DETECT")}
         if "detect_coarse" in detect_runs:
             from bench.detect_parity import parity
 
@@ -319,7 +327,7 @@ def targets(section: dict) -> dict:
     if section.get("crop_s3"):
         ms = section["crop_s3"]["worker_cpu_ms_per_item"]
         checks["crop_s3_worker_cpu_ms_per_item"] = {"measured": ms, "target": "≤ 0.5", "met": ms <= 0.5}
-    for key in DETECT_PATHS:
+    for key in DETECT_RUNS:
         if section.get(key, {}).get("worker_cpu_ms_per_item") is not None:
             ms = section[key]["worker_cpu_ms_per_item"]
             checks[f"{key}_worker_cpu_ms_per_photo"] = {"measured": ms, "target": "≤ 25", "met": ms <= 25.0}
@@ -332,11 +340,11 @@ def targets(section: dict) -> dict:
 
 
 def as_table(section: dict) -> str:
-    stages = ("fetch", "decode", "detect", "crop", "coarse_decode", "coarse_detect", "region_decode", "fine_detect",
+    stages = ("fetch", "decode", "detect", "crop", "coarse_resize", "coarse_detect", "fine_detect",
               "align", "rows", "device", "write", "record", "other")
     lines = ["| run | images | images/s | worker CPU ms/item | cores used | " + " | ".join(stages) + " |",
              "| --- | --- | --- | --- | --- |" + " --- |" * len(stages)]
-    for key in ("crop_file", "crop_file_one_core", "crop_s3", "detect", "detect_coarse"):
+    for key in ("crop_file", "crop_file_one_core", "crop_s3", *DETECT_RUNS):
         r = section.get(key)
         if not r or "ips" not in r:
             continue

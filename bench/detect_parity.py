@@ -26,8 +26,9 @@ def parity(photos: list[bytes], yunet: str) -> dict:
     faces = {"full": 0, "coarse": 0}
     took_full_path, max_landmark, min_cos = 0, 0.0, 1.0
     for data in photos:
-        full = detect_faces(decode_image(data, unlimited, unlimited), detector)
-        fast = coarse.prepare(data, unlimited)
+        photo = decode_image(data, unlimited, unlimited)
+        full = detect_faces(photo, detector)
+        fast = coarse.prepare(photo)
         if fast is None:  # the coarse path declined the photo: the worker runs the full path
             took_full_path += 1
             fast = full

@@ -101,8 +101,13 @@ class Settings:
     detect_score: float = 0.7
     detect_max_side: int = 1280
     # full | coarse (models/coarse_detect.py): coarse meets parity on every test photo, but with every face the
-    # full search finds kept its coarse pass runs at nearly the search's size: no cheaper (bench/RESULTS.md)
+    # full search finds kept its coarse pass runs at 0.875 of the search's size: no cheaper (bench/RESULTS.md)
     detect_path: str = "full"
+    # YuNet's network in onnxruntime (≈ 1.5× less CPU than OpenCV's DNN, landmarks within 3e-4 px) or opencv
+    detect_engine: str = "onnxruntime"
+    # onnxruntime threads per search; photos run side by side on FACEQ_IO_THREADS threads (one core each is the
+    # least CPU per photo); 0: onnxruntime's default (every core for each search)
+    detect_threads: int = 1
     detect_coarse_min_face: float = 0.0  # > 0: faces narrower than this (photo px) may be missed, for speed
     model_arch: str = "ir_se_64"
     model_seed: int = 0
@@ -163,6 +168,8 @@ class Settings:
             detect_max_side=_int("FACEQ_DETECT_MAX_SIDE", d.detect_max_side, minimum=64),
             detect_path=_choice("FACEQ_DETECT_PATH", d.detect_path, ("coarse", "full")),
             detect_coarse_min_face=_float("FACEQ_DETECT_COARSE_MIN_FACE", d.detect_coarse_min_face),
+            detect_engine=_choice("FACEQ_DETECT_ENGINE", d.detect_engine, ("onnxruntime", "opencv")),
+            detect_threads=_int("FACEQ_DETECT_THREADS", d.detect_threads, minimum=0),
             model_arch=model_arch,
             model_seed=_int("FACEQ_MODEL_SEED", d.model_seed, minimum=0),
             device=_env("FACEQ_DEVICE", d.device),
@@ -218,6 +225,8 @@ ENV_VARS = (
     "FACEQ_DETECT_MAX_SIDE",
     "FACEQ_DETECT_PATH",
     "FACEQ_DETECT_COARSE_MIN_FACE",
+    "FACEQ_DETECT_ENGINE",
+    "FACEQ_DETECT_THREADS",
     "FACEQ_MODEL_ARCH",
     "FACEQ_MODEL_SEED",
     "FACEQ_DEVICE",

@@ -1,20 +1,19 @@
 """Detect mode, coarse to fine: the full search's faces, landmarks and aligned crops, with less work.
 
-The full path (``faceq.models.preprocess.detect_faces``) decodes the whole photo, shrinks it with
+The full path (``faceq.models.preprocess.detect_faces``) shrinks the decoded photo with
 ``INTER_AREA`` to the search size (longest side ``FaceDetector.max_side``, 1280) and runs YuNet on
-all of it. Here:
+all of it. Here, from the same decoded photo:
 
-1. **Coarse pass**: the photo decoded at n/8 of its size by libjpeg's DCT scaling; YuNet with a
-   low score threshold (``COARSE_SCORE``) finds candidate faces.
+1. **Coarse pass**: the photo reduced to ``coarse_scale`` (a box filter by a whole factor, cheap,
+   then a bilinear step); YuNet with a low score threshold (``COARSE_SCORE``) finds candidate faces.
 2. **Fine pass**, per candidate: a region of the *search image* around it — ``REACH`` search
    pixels from the face's centre on every side (at least ``BOX_MARGIN`` beyond its box), its
    corners on YuNet's 32-pixel stride grid and on whole photo pixels of the ``INTER_AREA``
-   resize — is rebuilt from full-resolution pixels of that region only
-   (``faceq.models.jpeg_region.decode_region``, bit-identical to a full decode) and resized with
-   the same factor. Those pixels are exactly the full search's pixels, YuNet sees them on the
-   same stride grid, and nothing its outputs for the face depend on lies outside the region, so
-   it reports the same box and landmarks (to float rounding). YuNet's score threshold there is
-   the full search's: it decides what is a face.
+   resize — is resized from the photo's pixels of that region only, with the full search's
+   factor. Those pixels are exactly the full search's pixels, YuNet sees them on the same stride
+   grid, and nothing its outputs for the face depend on lies outside the region, so it reports the
+   same box and landmarks (to float rounding). YuNet's score threshold there is the full search's:
+   it decides what is a face.
 
    Why ``REACH`` is 256: the region's edges are zero padding to YuNet where the full search had
    photo pixels, and every output of an anchor depends on input from 195 px left/above to
@@ -25,23 +24,28 @@ all of it. Here:
    (1.2 photo px, cos 0.957) for a 22-px face in a 4000×3000 photo and by up to 0.2 for the
    four-faces photo. Measured from the centre, the worst landmark/box difference over the parity
    photos is 5.1 px at 160, 1.0 at 208, 0.003 at 224, 3e-4 at 240 and 6e-5 at 256.
-3. **Align** from the full-resolution region, with the full path's transform moved by the
-   region's offset.
+3. **Align** from the region's pixels, with the full path's transform moved by the region's offset.
 
-How the coarse size is chosen (``coarse_eighths``): YuNet finds a face only above a minimum size
-in the image it searches, and a lower threshold moves that minimum down only a little. Measured
-on 1920×2400 photos with one small head pasted on noise (6 photos per size): the 1280 search finds
-faces from ≈ 21 search pixels of head width; the coarse pass at threshold 0.3 finds them from ≈
-16–20 coarse pixels. So every face the full search finds is still a candidate when the coarse
-scale is at least ``RECALL_RATIO`` (0.75) of the search scale: the smallest n/8 above that is
-taken. For a 1920×2400 photo that is 4/8 against a search scale of 0.53: the coarse pass costs
-nearly the full search, and the gain is only the full decode and resize avoided. A photo the
-full search does not shrink, or whose coarse scale would not be below the search scale, takes the
-full path (``None``). A job whose faces are
-known to be large (portraits, check-ins) sets ``min_face_px`` (``FACEQ_DETECT_COARSE_MIN_FACE``,
-head width in photo pixels): the coarse scale need only make such a face ``COARSE_FACE_PX``
-wide, e.g. 1/8 for faces from 160 px; smaller faces may then be missed — a setting, never the
-default, since accuracy is not traded by default.
+Why one full decode and not libjpeg's DCT scaling plus lossless region crops (this module's first
+version): a crop entropy-decodes the whole photo again, so a 1/2-scale decode (7.0 ms) and a region
+crop (13.5 ms) cost twice one full decode (9.6 ms, simplejpeg, 1920×2400), and the box-filtered
+coarse image (1.6 ms) may have any size, not only n/8. The full path's own decoder also means
+every format, EXIF orientation and error code is the full path's.
+
+How the coarse size is chosen (``coarse_scale``): YuNet finds a face only above a minimum size
+in the image it searches. Measured (``python -m bench recall``; one small head pasted on noise,
+1920×2400, and the faces at the edge of what the full search finds, heads of 38–46 photo px): of
+18 such faces the full search found, a coarse pass at 0.75 of the search scale kept 14 at
+threshold 0.3 or 0.1 and 18 at 0.05 (which tripled the candidates on real photos: a fine pass
+each); at 0.875 it kept 18 at 0.1. So ``RECALL_RATIO`` is 0.875 and ``COARSE_SCORE`` 0.1. At that
+recall the coarse pass costs three quarters of the full search, and with the fine passes this
+path is no cheaper than the full one on one core (bench/RESULTS.md): the full path stays the
+default. A photo the full search does not shrink takes the full path (``None``). A job whose
+faces are known to be large (portraits, check-ins) sets ``min_face_px``
+(``FACEQ_DETECT_COARSE_MIN_FACE``, head width in photo pixels): the coarse scale need only make
+such a face ``COARSE_FACE_PX`` wide — 1/8 for heads from 160 px — and that is where this path
+saves; smaller faces may then be missed: a setting, never the default, since accuracy is not
+traded by default.
 """
 
 from __future__ import annotations
@@ -53,20 +57,18 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from faceq.errors import ModelError
 from faceq.models.align import ARCFACE_TEMPLATE, INPUT_SIZE, similarity_transform
 from faceq.models.detect import Detection, FaceDetector, usable_faces
-from faceq.models.jpeg_region import (FULL_DECODE_SHARE, PlainJpeg, decode_full, decode_region, decode_regions,
-                                       decode_scaled, plain_jpeg, region_decoding_available)
 from faceq.models.preprocess import FaceCrop, PreparedImage
 
-COARSE_SCORE = 0.3  # candidates only: the fine pass applies the full search's threshold
-RECALL_RATIO = 0.75  # coarse scale / search scale that keeps every face the full search finds
+COARSE_SCORE = 0.1  # candidates only: the fine pass applies the full search's threshold (see the docstring)
+RECALL_RATIO = 0.875  # coarse scale / search scale that keeps every face the full search finds (see the docstring)
 COARSE_FACE_PX = 20  # head width (coarse pixels) from which the coarse pass finds a face
 REACH = 256  # search px from a face's centre that YuNet's outputs for it depend on (see the docstring)
 BOX_MARGIN = 32  # search px kept around a face box larger than REACH allows for
 STRIDE = 32  # YuNet's coarsest stride: regions start on its grid
 MAX_GRID = 256  # a resize whose whole-pixel grid is coarser than this: take the full path
+MAX_COARSE_SHARE = 0.9  # a coarse scale this close to the search scale saves nothing: take the full path
 COARSE_SLACK = 0.1  # share of a coarse box's size it may be off by (a face cut off is searched again)
 
 
@@ -80,9 +82,8 @@ class Region:
 @dataclass
 class StageSeconds:
     """Thread CPU seconds per stage of one photo (faceq.workers.stage_cpu's coarse-path stages)."""
-    coarse_decode: float = 0.0
+    coarse_resize: float = 0.0
     coarse_detect: float = 0.0
-    region_decode: float = 0.0
     fine_detect: float = 0.0
     align: float = 0.0
     _mark: float = field(default_factory=time.thread_time, repr=False)
@@ -96,71 +97,64 @@ class StageSeconds:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
 
-def coarse_eighths(search_scale: float, min_face_px: float = 0) -> int:
-    """libjpeg's n/8 for the coarse pass: the smallest that still finds every face the full
-    search finds (or, with ``min_face_px``, every face at least that wide)."""
+def coarse_scale(search_scale: float, min_face_px: float = 0) -> float:
+    """The coarse pass's scale: the smallest that still finds every face the full search finds
+    (or, with ``min_face_px``, every face at least that wide)."""
     needed = search_scale * RECALL_RATIO
     if min_face_px > 0:
         needed = min(needed, COARSE_FACE_PX / min_face_px)
-    return min(8, max(1, math.ceil(needed * 8 - 1e-9)))
+    return needed
 
 
-COARSE_HELP = ("FACEQ_DETECT_PATH=coarse needs PyTurboJPEG and the system's libturbojpeg: "
-               "pip install 'faceq[coarse]' and apt-get install libturbojpeg0 (or FACEQ_DETECT_PATH=full)")
+def coarse_image(photo: np.ndarray, scale: float) -> np.ndarray:
+    """``photo`` at ``scale``: box-filtered by the largest whole factor it allows (OpenCV's fast
+    ``INTER_AREA`` path), then bilinear for the rest (a ratio of at least 1/2: little aliasing)."""
+    height, width = photo.shape[:2]
+    factor = max(1, int(1 / scale))
+    if factor > 1:  # whole multiples of the factor: OpenCV's integer-ratio fast path
+        photo = cv2.resize(photo[:height // factor * factor, :width // factor * factor],
+                           (width // factor, height // factor), interpolation=cv2.INTER_AREA)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if (photo.shape[1], photo.shape[0]) == size:
+        return photo
+    return cv2.resize(photo, size, interpolation=cv2.INTER_LINEAR)
 
 
 class CoarseToFineDetector:
-    """The full search's detections and crops, from a coarse decode and full-resolution regions."""
+    """The full search's detections and crops, from a coarse pass and full-resolution regions."""
 
     def __init__(self, detector: FaceDetector, min_face_px: float = 0):
-        if not region_decoding_available():  # at worker start, in one line, not a silent full path
-            raise ModelError(COARSE_HELP)
         self.detector = detector
         self.min_face_px = min_face_px
         unlimited = 1 << 30  # both run on images already at the size they are meant to search
-        self.coarse = FaceDetector(detector.weights, COARSE_SCORE, detector.nms_threshold, max_side=unlimited)
-        self.fine = FaceDetector(detector.weights, detector.score_threshold, detector.nms_threshold,
-                                 max_side=unlimited)
+        self.coarse = detector.like(score_threshold=COARSE_SCORE, max_side=unlimited)
+        self.fine = detector.like(max_side=unlimited)
 
-    def prepare(self, data: bytes, max_pixels: int, min_face: float = 10,
+    def prepare(self, photo: np.ndarray, min_face: float = 10,
                 seconds: StageSeconds | None = None) -> PreparedImage | None:
-        """The photo's faces as the full path finds and aligns them; ``None`` when this photo
-        takes the full path (not a plain baseline JPEG, too small to gain, damaged data)."""
+        """The decoded photo's faces as the full path (``detect_faces``) finds and aligns them;
+        ``None`` when this photo takes the full path (too small to gain)."""
         seconds = seconds or StageSeconds()
-        jpeg = plain_jpeg(data, max_pixels)
-        if jpeg is None:
-            return None
-        width, height = jpeg.width, jpeg.height
+        height, width = photo.shape[:2]
         scale = min(1.0, self.detector.max_side / max(height, width))  # FaceDetector.detect's
         search_size = (width, height) if scale == 1.0 else (round(width * scale), round(height * scale))
-        eighths = coarse_eighths(scale, self.min_face_px)
+        reduced = coarse_scale(scale, self.min_face_px)
         grid = (_grid(width, search_size[0]), _grid(height, search_size[1]))
-        if scale == 1.0 or eighths / 8 >= scale or max(grid) > MAX_GRID:
+        if scale == 1.0 or reduced >= scale * MAX_COARSE_SHARE or max(grid) > MAX_GRID:
             return None
-        coarse = decode_scaled(jpeg, eighths)
-        if coarse is None:
-            return None
-        seconds.lap("coarse_decode")
+        coarse = coarse_image(photo, reduced)
+        seconds.lap("coarse_resize")
         candidates = self.coarse.detect(coarse)
         seconds.lap("coarse_detect")
-        coarse_scale = (search_size[0] / coarse.shape[1], search_size[1] / coarse.shape[0])
-        regions = _merge([_region(face.bbox, coarse_scale, search_size, (width, height), grid) for face in candidates])
+        to_search = (search_size[0] / coarse.shape[1], search_size[1] / coarse.shape[0])
+        regions = _merge([_region(face.bbox, to_search, search_size, (width, height), grid) for face in candidates])
         detections: list[tuple[Detection, Region]] = []
-        full = decode_full(jpeg) if _area(regions) > FULL_DECODE_SHARE * width * height else None
-        decoded = ({} if full is not None or len(regions) < 2 else  # several regions: one crop pass for all
-                   {id(r): p for r, p in zip(regions, decode_regions(jpeg, [r.photo for r in regions]))})
-        pixels_of: dict[int, np.ndarray] = {}
         regions_done: list[Region] = []
         pending, retried = list(regions), set()
         while pending:
             region = pending.pop(0)
-            pixels = decoded[id(region)] if decoded.get(id(region)) is not None else _photo_pixels(jpeg, region, full)
-            if pixels is None:
-                return None
-            seconds.lap("region_decode")
             regions_done.append(region)
-            pixels_of[len(regions_done) - 1] = pixels
-            kept, cut = self._fine_faces(pixels, region, scale, search_size)
+            kept, cut = self._fine_faces(_pixels(photo, region), region, scale, search_size)
             detections += [(face, region) for face in kept if not _seen(face, detections)]
             for box in cut:  # a face off its coarse box: once more, with its whole context around it
                 key = tuple(np.round(box).astype(int))
@@ -168,19 +162,14 @@ class CoarseToFineDetector:
                     return None
                 retried.add(key)
                 pending.append(_region(box, (1.0, 1.0), search_size, (width, height), grid, slack=0))
-            seconds.lap("fine_detect")
+        seconds.lap("fine_detect")
         crops = []
-        by_id = {id(face): k for k, (face, _) in enumerate(detections)}
+        whole = Region((0, 0, *search_size), (0, 0, width, height))
         for face in usable_faces([face for face, _ in detections], min_face):
-            k = by_id[id(face)]
-            region_index = next(i for i, r in enumerate(regions_done) if r is detections[k][1])
-            crop = _align_in_region(pixels_of[region_index], detections[k][1], face.landmarks, (width, height))
+            region = next(r for f, r in detections if f is face)
+            crop = _align_in_region(_pixels(photo, region), region, face.landmarks, (width, height))
             if crop is None:  # the crop reaches past the region: from the whole photo
-                full = full if full is not None else decode_full(jpeg)
-                if full is None:
-                    return None
-                crop = _align_in_region(full, Region((0, 0, *search_size), (0, 0, width, height)), face.landmarks,
-                                        (width, height))
+                crop = _align_in_region(photo, whole, face.landmarks, (width, height))
             crops.append(FaceCrop(crop, face.bbox.tolist(), face.landmarks.reshape(-1).tolist()))
         seconds.lap("align")
         return PreparedImage(crops, face_count=len(crops))
@@ -273,11 +262,9 @@ def _area(regions: list[Region]) -> int:
     return sum((r.photo[2] - r.photo[0]) * (r.photo[3] - r.photo[1]) for r in regions)
 
 
-def _photo_pixels(jpeg: PlainJpeg, region: Region, full: np.ndarray | None) -> np.ndarray | None:
+def _pixels(photo: np.ndarray, region: Region) -> np.ndarray:
     x0, y0, x1, y1 = region.photo
-    if full is not None:
-        return full[y0:y1, x0:x1]
-    return decode_region(jpeg, x0, y0, x1, y1)
+    return photo[y0:y1, x0:x1]
 
 
 def _align_in_region(pixels: np.ndarray, region: Region, landmarks: np.ndarray,

@@ -55,7 +55,12 @@ def test_the_pipeline_section_measures_every_run_beside_a_dataloader():
     assert "crop_file_over_dataloader" in section["targets"] and "crop_s3_worker_cpu_ms_per_item" in section["targets"]
     if YUNET.is_file():  # detect mode's coarse-to-fine path, beside the full one, with their parity
         coarse = section["detect_coarse"]
-        assert coarse["detect_path"] == "coarse" and section["detect"]["detect_path"] == "full"
+        assert coarse["detect_settings"] == {"FACEQ_DETECT_PATH": "coarse"}
+        assert section["detect"]["detect_settings"] == {"FACEQ_DETECT_PATH": "full"}
+        assert section["detect_opencv"]["detect_settings"]["FACEQ_DETECT_ENGINE"] == "opencv"
+        assert section["detect_coarse_min_face"]["detect_settings"]["FACEQ_DETECT_COARSE_MIN_FACE"] == "160"
+        for key in ("detect_opencv", "detect_coarse_min_face"):
+            assert section[key]["ips"] > 0 and section[key]["stage_cpu_ms_per_item"]["decode"] > 0, key
         assert coarse["ips"] > 0 and coarse["stage_cpu_ms_per_item"]["coarse_detect"] > 0
         same = section["detect_parity"]
         assert same["faces_found"]["coarse"] == same["faces_found"]["full"] == 2

@@ -1,7 +1,7 @@
 """Detect mode coarse to fine (models/coarse_detect.py) against the full-resolution path, on real
 photos encoded as JPEG: the same faces, boxes and landmarks, and embeddings (the seeded
-random-weight IR-SE-64) within cos 0.9999; region decodes bit-identical to a full decode;
-photos it cannot take (PNG, progressive, CMYK, EXIF-rotated) fall back, never fail."""
+random-weight IR-SE-64) within cos 0.9999, with either YuNet engine; every format the decoder
+reads (PNG, progressive, CMYK, EXIF-rotated) takes it; small photos take the full path."""
 
 from __future__ import annotations
 
@@ -11,16 +11,14 @@ import cv2
 import numpy as np
 import pytest
 
-from faceq.models.coarse_detect import CoarseToFineDetector, StageSeconds, coarse_eighths
+from faceq.models.coarse_detect import CoarseToFineDetector, StageSeconds, coarse_image, coarse_scale
 from faceq.models.detect import FaceDetector
-from faceq.models.jpeg_region import decode_full, decode_region, plain_jpeg, region_decoding_available
 from faceq.models.preprocess import decode_image, detect_faces
 from faceq.models.weights import LoadedModel, load_model
 from tests.conftest import YUNET, needs_yunet
 from tests.photos import astronaut_bgr
 from faceq.workers.engine import Engine
 
-pytestmark = pytest.mark.skipif(not region_decoding_available(), reason="PyTurboJPEG / libturbojpeg not installed")
 BIG = 1 << 31
 
 
@@ -93,6 +91,13 @@ def detector() -> FaceDetector:
 
 
 @pytest.fixture(scope="module")
+def onnxruntime_detector() -> FaceDetector:
+    if not YUNET.is_file():
+        pytest.skip(f"YuNet weights not found at {YUNET}")
+    return FaceDetector(str(YUNET), engine="onnxruntime")
+
+
+@pytest.fixture(scope="module")
 def engine() -> Engine:
     model = load_model(None, "ir_se_64", seed=123).model
     return Engine(LoadedModel(model, "parity", random_weights=True), "cpu", "fp32", max_batch=8)
@@ -120,11 +125,12 @@ def assert_same_faces(full, fast, engine: Engine, landmark_px: float = 0.01) -> 
 ] + [("astronaut-1920x2400", 160), ("grace-hopper-1920x2400", 160), ("four-faces-3000x2250", 160),
      ("small-face-4000x3000", 160)])
 def test_coarse_to_fine_gives_the_full_paths_faces(detector, engine, name, min_face_px):
-    data = jpeg(PHOTOS[name]())
-    full = detect_faces(decode_image(data, BIG, BIG), detector)
+    photo = decode_image(jpeg(PHOTOS[name]()), BIG, BIG)
+    full = detect_faces(photo, detector)
     seconds = StageSeconds()
-    fast = CoarseToFineDetector(detector, min_face_px).prepare(data, BIG, seconds=seconds)
-    assert fast is not None, "a large baseline JPEG takes the coarse path"
+    fast = CoarseToFineDetector(detector, min_face_px).prepare(photo, seconds=seconds)
+    assert fast is not None, "a large photo takes the coarse path"
+    assert seconds.coarse_detect > 0 and seconds.fine_detect > 0
     if min_face_px and name.startswith("small-face"):
         assert fast.face_count <= full.face_count  # the setting's trade: smaller faces may be missed
         return
@@ -133,35 +139,42 @@ def test_coarse_to_fine_gives_the_full_paths_faces(detector, engine, name, min_f
 
 
 @needs_yunet
+@pytest.mark.parametrize("name", ["astronaut-1920x2400", "four-faces-3000x2250", "small-face-4000x3000"])
+def test_onnxruntime_coarse_to_fine_gives_the_opencv_full_paths_faces(detector, onnxruntime_detector, engine, name):
+    """The fast engine on the fast path against OpenCV's YuNet on the full path: the worker's
+    defaults against the reference."""
+    photo = decode_image(jpeg(PHOTOS[name]()), BIG, BIG)
+    full = detect_faces(photo, detector)
+    fast = CoarseToFineDetector(onnxruntime_detector).prepare(photo)
+    assert full.face_count >= 1
+    assert_same_faces(full, fast, engine, landmark_px=0.005)
+
+
+@needs_yunet
 def test_the_small_face_is_found_by_both_paths(detector):
-    data = jpeg(small_face_in_large_photo())
-    full = detect_faces(decode_image(data, BIG, BIG), detector)
-    fast = CoarseToFineDetector(detector).prepare(data, BIG)
+    photo = decode_image(jpeg(small_face_in_large_photo()), BIG, BIG)
+    full = detect_faces(photo, detector)
+    fast = CoarseToFineDetector(detector).prepare(photo)
     assert full.face_count == fast.face_count == 1
 
 
 def test_the_coarse_scale_keeps_the_full_searchs_faces_unless_told_otherwise():
-    assert coarse_eighths(1280 / 2400) == 4  # 0.75 × 0.533 = 0.4 → 4/8
-    assert coarse_eighths(1280 / 4000) == 2
-    assert coarse_eighths(1280 / 2400, min_face_px=160) == 1
-    assert coarse_eighths(1280 / 2400, min_face_px=40) == 4  # never finer than recall needs
+    assert coarse_scale(1280 / 2400) == pytest.approx(0.4667, abs=1e-4)  # 0.875 × 0.533
+    assert coarse_scale(1280 / 4000) == pytest.approx(0.28)
+    assert coarse_scale(1280 / 2400, min_face_px=160) == pytest.approx(0.125)  # a 160-px head, 20 px coarse
+    assert coarse_scale(1280 / 2400, min_face_px=40) == pytest.approx(0.4667, abs=1e-4)  # never finer than recall needs
 
 
-@pytest.mark.parametrize("subsampling", [cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422,
-                                         cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
-def test_region_decodes_are_bit_identical_to_a_full_decode(subsampling):
-    rng = np.random.default_rng(2)
-    image = upscaled(astronaut_bgr(), 1003, 761)  # not a multiple of any MCU
-    data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
-                                        subsampling])[1].tobytes()
-    photo = plain_jpeg(data, BIG)
-    full = decode_full(photo)
-    for _ in range(40):
-        x0, y0 = int(rng.integers(0, 1000)), int(rng.integers(0, 758))
-        x1, y1 = int(rng.integers(x0 + 1, 1004)), int(rng.integers(y0 + 1, 762))
-        region = decode_region(photo, x0, y0, x1, y1)
-        if region is not None:  # None: the partial MCUs at the edges; the caller decodes all then
-            assert np.array_equal(region, full[y0:y1, x0:x1]), (x0, y0, x1, y1)
+@pytest.mark.parametrize(("size", "scale", "expected"), [((2400, 1920), 0.4, (960, 768)), ((3000, 4000), 0.24, (720, 960)),
+                                                         ((2401, 1923), 0.125, (300, 240)), ((600, 500), 0.9, (540, 450))])
+def test_the_coarse_image_has_the_coarse_size_and_the_photos_content(size, scale, expected):
+    rng = np.random.default_rng(3)
+    flat = np.full((*size, 3), 120, np.uint8)
+    flat[: size[0] // 2] = 40  # top half dark: the coarse image keeps where things are
+    coarse = coarse_image(flat + rng.integers(0, 3, flat.shape, dtype=np.uint8), scale)
+    assert coarse.shape == (*expected, 3)
+    top, bottom = coarse[: expected[0] // 2 - 2].mean(), coarse[expected[0] // 2 + 2 :].mean()
+    assert abs(top - 41) < 1.5 and abs(bottom - 121) < 1.5
 
 
 def _png(image):
@@ -191,13 +204,16 @@ def _rotated(image):
 
 
 @needs_yunet
-@pytest.mark.parametrize("encode", [_png, _progressive, _cmyk, _rotated, lambda image: b"\xff\xd8\xff\xe0garbage"],
-                         ids=["png", "progressive", "cmyk", "exif-rotated", "damaged"])
-def test_photos_it_cannot_take_fall_back_to_the_full_path(detector, encode):
-    data = encode(upscaled(astronaut_bgr(), 1920, 2400))
-    assert CoarseToFineDetector(detector).prepare(data, BIG) is None
+@pytest.mark.parametrize("encode", [_png, _progressive, _cmyk, _rotated], ids=["png", "progressive", "cmyk", "exif-rotated"])
+def test_every_format_the_decoder_reads_takes_the_coarse_path(detector, engine, encode):
+    """One decode, the full path's own (its formats, orientation and error codes), then both searches."""
+    photo = decode_image(encode(upscaled(astronaut_bgr(), 1920, 2400)), BIG, BIG)
+    full = detect_faces(photo, detector)
+    fast = CoarseToFineDetector(detector).prepare(photo)
+    assert fast is not None and full.face_count == 1
+    assert_same_faces(full, fast, engine)
 
 
 @needs_yunet
 def test_small_photos_take_the_full_path(detector):
-    assert CoarseToFineDetector(detector).prepare(jpeg(astronaut_bgr()), BIG) is None
+    assert CoarseToFineDetector(detector).prepare(astronaut_bgr()) is None

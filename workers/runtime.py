@@ -66,7 +66,8 @@ def build_runtime(settings: Settings, worker_name: str | None = None) -> Runtime
     if "detect" in settings.modes:
         if not settings.detector_weights:
             raise ModelError(YUNET_HELP)
-        detector = FaceDetector(settings.detector_weights, settings.detect_score, max_side=settings.detect_max_side)
+        detector = FaceDetector(settings.detector_weights, settings.detect_score, max_side=settings.detect_max_side,
+                                engine=settings.detect_engine, threads=settings.detect_threads)
     name = worker_name or f"faceq-{settings.device.replace(':', '')}@{socket.gethostname()}"
     batcher = (MicroBatcher(engine.infer, settings.max_batch, settings.max_delay_ms, metrics=metrics)
                if settings.microbatch else None)
@@ -77,8 +78,9 @@ def build_runtime(settings: Settings, worker_name: str | None = None) -> Runtime
     leases = LeaseKeeper(ledger.redis, interval=max(1.0, VISIBILITY_TIMEOUT / 3)).start()
     sweeper = Sweeper(ledger, storage, settings.queue, settings.broker_url, settings.stall_seconds,
                       interval=max(1.0, min(5.0, settings.stall_seconds / 3))).start()
-    log.info("faceq worker ready: device=%s modes=%s micro-batching=%s storage=%s model_id=%s", engine.device,
-             ",".join(settings.modes), "on" if batcher else "off", storage.url, engine.model_id)
+    log.info("faceq worker ready: device=%s modes=%s micro-batching=%s storage=%s model_id=%s%s", engine.device,
+             ",".join(settings.modes), "on" if batcher else "off", storage.url, engine.model_id,
+             "" if detector is None else f" detect={settings.detect_path} path, YuNet in {detector.engine}")
     if engine.stand_in:  # said again last, where whoever reads the start-up log looks
         log.warning("*" * 100)
         log.warning(STAND_IN_WARNING, NULL_MODEL_ID)

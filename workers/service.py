@@ -179,18 +179,18 @@ class ChunkProcessor:
             fetched = clock()
             self.cpu.add("fetch", fetched - started)
             with self.pixels.hold(image_size(data)):
-                if mode == "detect" and self.coarse is not None:
-                    seconds = StageSeconds()
-                    prepared = self.coarse.prepare(data, self.settings.max_image_pixels, self.settings.min_face,
-                                                   seconds)
-                    self.cpu.add_many(**seconds.as_dict())
-                    if prepared is not None:
-                        return prepared
-                    fetched = clock()
                 image = decode_image(data, self.settings.max_image_bytes, self.settings.max_image_pixels, out)
                 del data
                 decoded = clock()
                 self.cpu.add("decode", decoded - fetched)
+                if mode == "detect" and self.coarse is not None:
+                    # coarse to fine (FACEQ_DETECT_PATH=coarse): photos it cannot speed up take the full path
+                    seconds = StageSeconds()
+                    prepared = self.coarse.prepare(image, self.settings.min_face, seconds)
+                    self.cpu.add_many(**seconds.as_dict())
+                    if prepared is not None:
+                        return prepared
+                    decoded = clock()
                 if mode == "detect":
                     prepared = detect_faces(image, self.detector, self.settings.min_face)
                 else:

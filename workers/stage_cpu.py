@@ -2,8 +2,8 @@
 
 ``faceq_stage_cpu_seconds_total{stage}`` on the worker's ``/metrics`` (a counter family; stages:
 fetch, decode, detect (detection + alignment), crop, rows (result building), write (Parquet
-part + storage put), record (the ledger); detect mode's coarse path: coarse_decode,
-coarse_detect, region_decode, fine_detect, align). Each figure is thread CPU time
+part + storage put), record (the ledger); detect mode's coarse path: coarse_resize,
+coarse_detect, fine_detect, align). Each figure is thread CPU time
 (``time.thread_time``), so a thread waiting on I/O or the GIL adds nothing: the sum of the
 stages, the device's batch seconds and the process's CPU time tell how much of a worker's CPU
 goes to the data path and how much to everything else (Celery, kombu, Redis, heartbeats):
@@ -22,9 +22,9 @@ from typing import Iterator
 
 from prometheus_client.core import CounterMetricFamily
 
-# detect mode's coarse path (models/coarse_detect.py) reports its own five stages in place of decode + detect
+# detect mode's coarse path (models/coarse_detect.py) reports its own four stages in place of detect
 STAGES = ("fetch", "decode", "detect", "crop", "rows", "write", "record",
-          "coarse_decode", "coarse_detect", "region_decode", "fine_detect", "align")
+          "coarse_resize", "coarse_detect", "fine_detect", "align")
 _INDEX = {name: k for k, name in enumerate(STAGES)}
 clock = time.thread_time
 
