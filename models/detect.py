@@ -48,6 +48,7 @@ def usable_faces(detections: list[Detection], min_size: float = 10) -> list[Dete
 
 
 ENGINES = ("opencv", "onnxruntime")
+YUNET_OUTPUTS = {f"{head}_{stride}" for head in ("cls", "obj", "bbox", "kps") for stride in (8, 16, 32)}
 ONNXRUNTIME_HELP = ("FACEQ_DETECT_ENGINE=onnxruntime needs the onnxruntime package (in faceq[worker]: "
                     "pip install onnxruntime), or FACEQ_DETECT_ENGINE=opencv")
 
@@ -56,8 +57,8 @@ class FaceDetector:
     """YuNet, searched at reduced size; the network runs in OpenCV's DNN or in ONNX Runtime.
 
     ``engine="opencv"`` is ``cv2.FaceDetectorYN`` (one instance per thread: instances keep
-    per-size state). ``engine="onnxruntime"`` runs the same ONNX file in ONNX Runtime (about 1.7×
-    less CPU per search, measured) and post-processes its outputs as OpenCV does
+    per-size state). ``engine="onnxruntime"`` runs the same ONNX file in ONNX Runtime (about 1.6×
+    less CPU per search, bench/RESULTS.md) and post-processes its outputs as OpenCV does
     (models/yunet_decode.py): the same faces, landmarks within 1e-3 px (tests/test_detect_engines.py).
     """
 
@@ -148,7 +149,11 @@ def _onnx_session(weights: str, threads: int):
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # warnings about unused initializers are not the operator's concern
     try:
-        return onnxruntime.InferenceSession(weights, options, providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(weights, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise ModelError(f"FACEQ_DETECTOR_WEIGHTS={weights} is not a YuNet model ONNX Runtime can load: "
                          f"{str(exc).splitlines()[0]}") from None
+    missing = YUNET_OUTPUTS - {output.name for output in session.get_outputs()}
+    if missing:  # another network: say so at worker start, not as an error row per photo
+        raise ModelError(f"FACEQ_DETECTOR_WEIGHTS={weights} is not YuNet 2023mar: no outputs {', '.join(sorted(missing))}")
+    return session

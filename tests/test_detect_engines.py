@@ -89,6 +89,20 @@ def test_an_unknown_engine_or_a_file_onnxruntime_cannot_load_is_one_line(tmp_pat
     assert "\n" not in str(raised.value)
 
 
+def test_an_onnx_file_that_is_not_yunet_is_refused_at_load(tmp_path):
+    """Another network loads in ONNX Runtime; it is refused at worker start, not per photo."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "not-yunet",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, None, None])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, None, None])])
+    other = tmp_path / "other.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(other))
+    with pytest.raises(ModelError, match=r"other.onnx is not YuNet 2023mar: no outputs bbox_16, bbox_32, bbox_8, cls_16"):
+        FaceDetector(str(other), engine="onnxruntime")
+
+
 def test_the_worker_setting_defaults_to_onnxruntime_and_refuses_others(monkeypatch):
     monkeypatch.delenv("FACEQ_DETECT_ENGINE", raising=False)
     monkeypatch.delenv("FACEQ_DETECT_THREADS", raising=False)
