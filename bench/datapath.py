@@ -379,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {', '.join(SECTIONS)}")
     parser.add_argument("--crops", type=int, help="images in the crop_file runs")
+    parser.add_argument("--photos", type=int, help="photos in the detect runs")
     parser.add_argument("--runs", type=int, help="jobs per measurement (the median is reported)")
     parser.add_argument("--env", action="append", default=[], metavar="FACEQ_X=V",
                         help="extra worker setting, to compare variants (repeatable)")
@@ -397,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_s3 and "crop_s3" in args.only:
                 moto, s3_endpoint = start_moto(base_env)
             only = tuple(args.only.split(","))
-            sizes = {k: v for k, v in (("crops", args.crops), ("runs", args.runs)) if v}
+            sizes = {k: v for k, v in (("crops", args.crops), ("photos", args.photos), ("runs", args.runs)) if v}
             extra_env = dict(pair.split("=", 1) for pair in args.env)
             section = run(base_env, workdir, s3_endpoint, args.quick, args.timeout, only, sizes, extra_env)
         finally:
