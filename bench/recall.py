@@ -4,7 +4,7 @@ scale of detect mode's coarse-to-fine path (models/coarse_detect.py) is chosen.
 Photos of 1920×2400 with one head (scikit-image's astronaut, cut to the head) pasted at a
 random place on blurred noise, ``--per-size`` photos per head width (photo px). For each width:
 how many heads the full 1280 search finds (``FaceDetector`` at its threshold); of those, how many
-the coarse pass finds (YuNet at ``COARSE_SCORE`` on ``coarse_image``) at each ratio of the search
+the coarse pass finds (``CoarseToFineDetector.candidates`` on ``coarse_image``) at each ratio of the search
 scale, and how many the coarse-to-fine path keeps end to end at its chosen scale (it must keep
 them all). Prints one JSON document.
 """
@@ -18,7 +18,7 @@ import sys
 import cv2
 import numpy as np
 
-WIDTHS = (32, 36, 40, 44, 48, 52, 56, 64, 80, 128)
+WIDTHS = (32, 36, 40, 44, 48, 52, 56, 64, 80, 128, 192, 320)
 RATIOS = (0.625, 0.75, 0.875, 1.0)
 SIZE = (2400, 1920)
 
@@ -37,12 +37,12 @@ def photo_with_head(head_width: int, seed: int) -> np.ndarray:
 
 
 def measure(weights: str, engine: str, widths=WIDTHS, ratios=RATIOS, per_size: int = 6) -> dict:
-    from faceq.models.coarse_detect import COARSE_SCORE, RECALL_RATIO, CoarseToFineDetector, coarse_image
+    from faceq.models.coarse_detect import (COARSE_SCORE, COARSE_SCORE_LARGE, LARGE_CANDIDATE_PX, RECALL_RATIO,
+                                            CoarseToFineDetector, coarse_image)
     from faceq.models.detect import FaceDetector
     from faceq.models.preprocess import detect_faces
 
     full = FaceDetector(weights, engine=engine)
-    coarse = full.like(score_threshold=COARSE_SCORE, max_side=1 << 30)
     path = CoarseToFineDetector(full)
     search_scale = full.max_side / max(SIZE)
     rows, lost = [], 0
@@ -55,14 +55,15 @@ def measure(weights: str, engine: str, widths=WIDTHS, ratios=RATIOS, per_size: i
                 continue  # too small for the full search: nothing the fast path must find
             row["full_search"] += 1
             for ratio in ratios:
-                row["coarse_pass"][str(ratio)] += min(len(coarse.detect(coarse_image(photo, search_scale * ratio))), 1)
+                row["coarse_pass"][str(ratio)] += min(len(path.candidates(coarse_image(photo, search_scale * ratio))), 1)
             fast = path.prepare(photo)
             kept = 1 if fast is None else min(fast.face_count, 1)  # None: it took the full path
             row["coarse_to_fine"] += kept
             lost += 1 - kept
         rows.append(row)
     return {"photo": f"{SIZE[1]}×{SIZE[0]}, one head on blurred noise", "engine": engine,
-            "search_scale": round(search_scale, 4), "coarse_score": COARSE_SCORE, "recall_ratio": RECALL_RATIO,
+            "search_scale": round(search_scale, 4), "recall_ratio": RECALL_RATIO,
+            "coarse_score": {"small": COARSE_SCORE, "large": COARSE_SCORE_LARGE, "large_from_px": LARGE_CANDIDATE_PX},
             "rows": rows, "faces_the_full_search_found_and_coarse_to_fine_lost": lost}
 
 

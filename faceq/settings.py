@@ -101,7 +101,8 @@ class Settings:
     detect_score: float = 0.7
     detect_max_side: int = 1280
     # full | coarse (models/coarse_detect.py): coarse meets parity on every test photo, but with every face the
-    # full search finds kept its coarse pass runs at 0.875 of the search's size: no cheaper (bench/RESULTS.md)
+    # full search finds kept its coarse pass runs at 0.875 of the search's size: 0.88 of the CPU on a
+    # one-face portrait, more on group photos (bench/RESULTS.md)
     detect_path: str = "full"
     # YuNet's network in onnxruntime (≈ 1.5× less CPU than OpenCV's DNN, landmarks within 3e-4 px) or opencv
     detect_engine: str = "onnxruntime"

@@ -37,15 +37,20 @@ in the image it searches. Measured (``python -m bench recall``; one small head p
 1920×2400, and the faces at the edge of what the full search finds, heads of 38–46 photo px): of
 18 such faces the full search found, a coarse pass at 0.75 of the search scale kept 14 at
 threshold 0.3 or 0.1 and 18 at 0.05 (which tripled the candidates on real photos: a fine pass
-each); at 0.875 it kept 18 at 0.1. So ``RECALL_RATIO`` is 0.875 and ``COARSE_SCORE`` 0.1. At that
-recall the coarse pass costs three quarters of the full search, and with the fine passes this
-path is no cheaper than the full one on one core (bench/RESULTS.md): the full path stays the
-default. A photo the full search does not shrink takes the full path (``None``). A job whose
-faces are known to be large (portraits, check-ins) sets ``min_face_px``
-(``FACEQ_DETECT_COARSE_MIN_FACE``, head width in photo pixels): the coarse scale need only make
-such a face ``COARSE_FACE_PX`` wide — 1/8 for heads from 160 px — and that is where this path
-saves; smaller faces may then be missed: a setting, never the default, since accuracy is not
-traded by default.
+each); at 0.875 it kept 18 at 0.1, and lost one of 3 at 40 px at 0.2. So ``RECALL_RATIO`` is
+0.875 and ``COARSE_SCORE`` 0.1. On real portraits that threshold also passes hair, hands and
+shoulders (0.1–0.33, boxes of 24–650 coarse px), whose regions merged into a second full search;
+a face the full search finds scores nearly as high on the coarse image (≥ 0.88 from 28 coarse px
+on the recall photos and the parity set), so candidates from ``LARGE_CANDIDATE_PX`` need
+``COARSE_SCORE_LARGE`` (0.5). With both, the recall run (144 photos, 83 faces found by the full
+search, heads of 32–320 px) lost none, and the path costs 0.88 of the full path's CPU on one-face
+portraits (bench/RESULTS.md) — the full path stays the default: a photo with several faces pays
+for the coarse pass and for regions that may cover most of it. A photo the full search does not
+shrink takes the full path (``None``). A job whose faces are known to be large (portraits,
+check-ins) sets ``min_face_px`` (``FACEQ_DETECT_COARSE_MIN_FACE``, head width in photo pixels):
+the coarse scale need only make such a face ``COARSE_FACE_PX`` wide — 1/8 for heads from 160 px —
+and that is where this path saves (half the CPU); smaller faces may then be missed: a setting,
+never the default, since accuracy is not traded by default.
 """
 
 from __future__ import annotations
@@ -61,7 +66,11 @@ from faceq.models.align import ARCFACE_TEMPLATE, INPUT_SIZE, similarity_transfor
 from faceq.models.detect import Detection, FaceDetector, usable_faces
 from faceq.models.preprocess import FaceCrop, PreparedImage
 
-COARSE_SCORE = 0.1  # candidates only: the fine pass applies the full search's threshold (see the docstring)
+# Candidates only: the fine pass applies the full search's threshold (see the docstring). Small candidates
+# (below LARGE_CANDIDATE_PX coarse px) from COARSE_SCORE, larger ones from COARSE_SCORE_LARGE
+COARSE_SCORE = 0.1
+COARSE_SCORE_LARGE = 0.5
+LARGE_CANDIDATE_PX = 24
 RECALL_RATIO = 0.875  # coarse scale / search scale that keeps every face the full search finds (see the docstring)
 COARSE_FACE_PX = 20  # head width (coarse pixels) from which the coarse pass finds a face
 REACH = 256  # search px from a face's centre that YuNet's outputs for it depend on (see the docstring)
@@ -144,7 +153,7 @@ class CoarseToFineDetector:
             return None
         coarse = coarse_image(photo, reduced)
         seconds.lap("coarse_resize")
-        candidates = self.coarse.detect(coarse)
+        candidates = self.candidates(coarse)
         seconds.lap("coarse_detect")
         to_search = (search_size[0] / coarse.shape[1], search_size[1] / coarse.shape[0])
         regions = _merge([_region(face.bbox, to_search, search_size, (width, height), grid) for face in candidates])
@@ -173,6 +182,14 @@ class CoarseToFineDetector:
             crops.append(FaceCrop(crop, face.bbox.tolist(), face.landmarks.reshape(-1).tolist()))
         seconds.lap("align")
         return PreparedImage(crops, face_count=len(crops))
+
+    def candidates(self, coarse: np.ndarray) -> list[Detection]:
+        """The coarse pass's faces worth a fine pass: every small one from ``COARSE_SCORE`` (faces at
+        the edge of what the full search finds score lowest here), larger ones from ``COARSE_SCORE_LARGE``
+        (a face the full search finds scores nearly as high on the coarse image: hair, hands and
+        shoulders at 0.1–0.33 would otherwise each cost a fine pass)."""
+        return [face for face in self.coarse.detect(coarse)
+                if face.score >= COARSE_SCORE_LARGE or max(face.width, face.height) < LARGE_CANDIDATE_PX]
 
     def _fine_faces(self, pixels: np.ndarray, region: Region, scale: float,
                     search_size: tuple[int, int]) -> tuple[list[Detection], list[np.ndarray]]:

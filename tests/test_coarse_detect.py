@@ -158,6 +158,23 @@ def test_the_small_face_is_found_by_both_paths(detector):
     assert full.face_count == fast.face_count == 1
 
 
+@needs_yunet
+def test_a_portraits_hair_and_shoulders_cost_no_fine_pass(detector):
+    """At the coarse threshold YuNet also scores hair, hands and shoulders (0.1–0.33); only small
+    candidates (where faces at the edge of the full search's reach score low) pass from there."""
+    from faceq.models.coarse_detect import COARSE_SCORE_LARGE, LARGE_CANDIDATE_PX
+
+    photo = decode_image(jpeg(PHOTOS["astronaut-1920x2400"]()), BIG, BIG)
+    path = CoarseToFineDetector(detector)
+    coarse = coarse_image(photo, coarse_scale(1280 / 2400))
+    everything = path.coarse.detect(coarse)
+    kept = path.candidates(coarse)
+    assert len(everything) > len(kept) == 1  # the face alone
+    assert kept[0].score > 0.9
+    dropped = [face for face in everything if not any(np.array_equal(face.bbox, k.bbox) for k in kept)]
+    assert all(face.score < COARSE_SCORE_LARGE and face.width >= LARGE_CANDIDATE_PX for face in dropped)
+
+
 def test_the_coarse_scale_keeps_the_full_searchs_faces_unless_told_otherwise():
     assert coarse_scale(1280 / 2400) == pytest.approx(0.4667, abs=1e-4)  # 0.875 × 0.533
     assert coarse_scale(1280 / 4000) == pytest.approx(0.28)
