@@ -18,6 +18,13 @@ LOWEST_VENV ?= .venv-lowest
 LOWEST_SKIP := chaos redis_restarts full_disk bench scale parity crop_pool hostile flower null_model datapath \
 	client_install placeholders
 LOWEST_TESTS ?= $(foreach module,$(LOWEST_SKIP),--ignore=tests/test_$(module).py)
+# The suite on TEST_WORKERS pytest-xdist workers (most tests wait on worker processes, Redis and S3),
+# then the tests marked `serial` alone (tests/conftest.py says how the work is split)
+TEST_WORKERS ?= 4
+define run_suite
+	$(1) -m pytest -q -n $(TEST_WORKERS) -m "not serial" $(2)
+	$(1) -m pytest -q -m serial $(2) || test $$? -eq 5  # 5: no serial test among those selected
+endef
 # `make wheelhouse`: every wheel a worker needs, for a GPU host without internet
 PYTHON_VERSION ?= 3.12
 PLATFORM ?= manylinux_2_28_x86_64
@@ -49,7 +56,7 @@ demo: install
 	$(PY) -m devstack.demo
 
 test: install
-	$(PY) -m pytest -q --durations=15
+	$(call run_suite,$(PY),--durations=15)
 
 # The suite (less LOWEST_SKIP) at the lowest versions pyproject.toml
 # allows: uv resolves the lowest of every direct dependency (runtime and readers); the test
@@ -64,7 +71,7 @@ test-lowest: install
 	$(VENV)/bin/uv pip install -q --python $(LOWEST_VENV)/bin/python -e ".[dev]" -c $(LOWEST_VENV)/lowest.txt
 	$(LOWEST_VENV)/bin/python -m pip check
 	$(LOWEST_VENV)/bin/python -c "import pyarrow, numpy, celery, redis, polars; print('lowest:', *(f'{m.__name__} {m.__version__}' for m in (pyarrow, numpy, celery, redis, polars)))"
-	$(LOWEST_VENV)/bin/python -m pytest -q --durations=10 $(LOWEST_TESTS)
+	$(call run_suite,$(LOWEST_VENV)/bin/python,--durations=10 $(LOWEST_TESTS))
 
 # Refresh both locks to the newest versions pyproject.toml allows (needs the index)
 lock:

@@ -138,3 +138,45 @@ def assert_embedding_ok(embedding) -> None:
 @pytest.fixture
 def python() -> str:
     return sys.executable
+
+
+# -- make test: pytest-xdist ---------------------------------------------------------------------
+# `make test` runs the suite on several pytest-xdist workers (`-n`), then the tests marked `serial`
+# on their own (they measure what other processes on the machine would disturb: /dev/shm, memory
+# peaks). The tests of a module run on one xdist worker, one after another, so that its
+# module-scoped fixtures (a stack of worker processes, a loaded model) are set up once; the tests of
+# SPREAD (long fault tests, each with its own stack) are scheduled one by one. The slowest modules
+# go first (SLOWEST_FIRST, from `--durations`), so that no long test starts last and runs on alone.
+# (xdist's own `--dist loadgroup` cannot do this with pytest 9: it renames node ids, which pytest 9
+# no longer lets a plugin do.)
+SPREAD = {"test_chaos", "test_redis_restarts", "test_bench", "test_item_progress", "test_placeholders"}
+SLOWEST_FIRST = ["test_redis_restarts", "test_chaos", "test_bench", "test_detect_engines", "test_parity",
+                 "test_engine", "test_end_to_end", "test_hostile", "test_placeholders", "test_item_progress",
+                 "test_detect_paths_worker", "test_crop_pool", "test_device_detect_path", "test_everyday",
+                 "test_review", "test_client", "test_review_security", "test_device_align", "test_readers"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "serial: run alone, not beside other tests (make test runs it after the rest)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Slowest modules first (on an xdist worker only: the scheduler takes the workers' order)."""
+    if hasattr(config, "workerinput"):
+        rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+        position = {id(item): i for i, item in enumerate(items)}
+        items.sort(key=lambda item: (rank.get(item.path.stem, len(rank)), position[id(item)]))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Whole modules as units of work, less SPREAD's tests: one unit each; in the workers' order."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return nodeid if Path(module).stem in SPREAD else module
+
+    config.option.loadscopereorder = False  # keep SLOWEST_FIRST (xdist would sort by number of tests)
+    return ModuleScheduling(config, log)

@@ -128,6 +128,7 @@ def test_without_room_in_dev_shm_a_chunk_is_read_in_threads(tmp_path, caplog):
     assert "no shared memory for a batch" in caplog.text
 
 
+@pytest.mark.serial  # /dev/shm is the machine's: other tests' workers must not add to it meanwhile
 def test_a_chunk_larger_than_the_kept_batches_leaves_no_shared_memory_behind(tmp_path):
     """Batches of the worker's chunk size are reused; a larger chunk's batch is one-off: freed by
     the worker and unmapped by every child once read, so a big job holds no memory afterwards."""
