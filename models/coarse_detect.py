@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from faceq.models.align import ARCFACE_TEMPLATE, INPUT_SIZE, similarity_transform
+from faceq.models.align import ARCFACE_TEMPLATE, INPUT_SIZE, align_face, similarity_transform
 from faceq.models.detect import Detection, FaceDetector, usable_faces
 from faceq.models.preprocess import FaceCrop, PreparedImage
 
@@ -158,11 +158,9 @@ class CoarseToFineDetector:
         to_search = (search_size[0] / coarse.shape[1], search_size[1] / coarse.shape[0])
         regions = _merge([_region(face.bbox, to_search, search_size, (width, height), grid) for face in candidates])
         detections: list[tuple[Detection, Region]] = []
-        regions_done: list[Region] = []
         pending, retried = list(regions), set()
         while pending:
             region = pending.pop(0)
-            regions_done.append(region)
             kept, cut = self._fine_faces(_pixels(photo, region), region, scale, search_size)
             detections += [(face, region) for face in kept if not _seen(face, detections)]
             for box in cut:  # a face off its coarse box: once more, with its whole context around it
@@ -173,12 +171,11 @@ class CoarseToFineDetector:
                 pending.append(_region(box, (1.0, 1.0), search_size, (width, height), grid, slack=0))
         seconds.lap("fine_detect")
         crops = []
-        whole = Region((0, 0, *search_size), (0, 0, width, height))
         for face in usable_faces([face for face, _ in detections], min_face):
             region = next(r for f, r in detections if f is face)
             crop = _align_in_region(_pixels(photo, region), region, face.landmarks, (width, height))
-            if crop is None:  # the crop reaches past the region: from the whole photo
-                crop = _align_in_region(photo, whole, face.landmarks, (width, height))
+            if crop is None:  # the crop reaches past the region: the full path's own alignment
+                crop = align_face(photo, face.landmarks)
             crops.append(FaceCrop(crop, face.bbox.tolist(), face.landmarks.reshape(-1).tolist()))
         seconds.lap("align")
         return PreparedImage(crops, face_count=len(crops))
@@ -273,10 +270,6 @@ def _merge(regions: list[Region]) -> list[Region]:
             if changed:
                 break
     return merged
-
-
-def _area(regions: list[Region]) -> int:
-    return sum((r.photo[2] - r.photo[0]) * (r.photo[3] - r.photo[1]) for r in regions)
 
 
 def _pixels(photo: np.ndarray, region: Region) -> np.ndarray:

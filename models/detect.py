@@ -77,7 +77,7 @@ class FaceDetector:
         self._local = threading.local()
         self._session = _onnx_session(weights, threads) if engine == "onnxruntime" else None
         if self._session is None:
-            self._create()  # fail now, at worker start, if OpenCV cannot read the file
+            self._probe(self._create())  # fail now, at worker start, if OpenCV cannot read or run the file
 
     def like(self, score_threshold: float | None = None, max_side: int | None = None) -> "FaceDetector":
         """A detector on the same weights and engine with another threshold or search size."""
@@ -90,6 +90,17 @@ class FaceDetector:
             return cv2.FaceDetectorYN.create(self.weights, "", (320, 320), self.score_threshold, self.nms_threshold, 5000)
         except cv2.error as exc:
             raise ModelError(f"FACEQ_DETECTOR_WEIGHTS={self.weights} is not a YuNet model OpenCV can load: {exc}") from None
+
+    def _probe(self, detector) -> None:
+        """One search of a small black image: OpenCV loads any ONNX network; another one fails here
+        (its outputs are not YuNet's), not as an error row per photo."""
+        detector.setInputSize((32, 32))
+        try:
+            detector.detect(np.zeros((32, 32, 3), np.uint8))
+        except cv2.error as exc:
+            reason = next((line for line in str(exc).splitlines() if line.strip()), "")
+            raise ModelError(f"FACEQ_DETECTOR_WEIGHTS={self.weights} is not a YuNet model OpenCV can run: "
+                             f"{reason}") from None
 
     def detect(self, image_bgr: np.ndarray) -> list[Detection]:
         """Every face YuNet finds, in the coordinates of ``image_bgr``.
