@@ -140,6 +140,19 @@ def python() -> str:
     return sys.executable
 
 
+def not_yunet_onnx(folder: Path) -> Path:
+    """A valid ONNX network that is not YuNet (an Identity), as ``folder/other.onnx``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "not-yunet",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, None, None])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, None, None])])
+    path = folder / "other.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    return path
+
+
 # -- make test: pytest-xdist ---------------------------------------------------------------------
 # `make test` runs the suite on several pytest-xdist workers (`-n`), then the tests marked `serial`
 # on their own (they measure what other processes on the machine would disturb: /dev/shm, memory

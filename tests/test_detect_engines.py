@@ -15,7 +15,7 @@ from faceq.models.preprocess import detect_faces
 from faceq.models.weights import LoadedModel, load_model
 from faceq.settings import Settings
 from faceq.workers.engine import Engine
-from tests.conftest import YUNET, needs_yunet
+from tests.conftest import YUNET, needs_yunet, not_yunet_onnx
 from tests.parity_photos import large_photo_bgr, parity_photos
 from tests.photos import cat_bgr
 
@@ -91,14 +91,7 @@ def test_an_unknown_engine_or_a_file_onnxruntime_cannot_load_is_one_line(tmp_pat
 
 def test_an_onnx_file_that_is_not_yunet_is_refused_at_load(tmp_path):
     """Another network loads in ONNX Runtime; it is refused at worker start, not per photo."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "not-yunet",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, None, None])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, None, None])])
-    other = tmp_path / "other.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(other))
+    other = not_yunet_onnx(tmp_path)
     with pytest.raises(ModelError, match=r"other.onnx is not YuNet 2023mar: no outputs bbox_16, bbox_32, bbox_8, cls_16"):
         FaceDetector(str(other), engine="onnxruntime")
 

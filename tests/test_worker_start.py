@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tests.conftest import worker_env
+from tests.conftest import not_yunet_onnx, worker_env
 
 
 @pytest.mark.parametrize(
@@ -33,14 +33,7 @@ def test_worker_exits_with_the_reason(tmp_path, extra, device, message):
 ])
 def test_a_detector_file_that_is_not_yunet_stops_the_worker_in_one_line(tmp_path, engine, message):
     """Another ONNX network loads in ONNX Runtime: refused at start, not as an error row per photo."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "not-yunet",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, None, None])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, None, None])])
-    other = tmp_path / "other.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(other))
+    other = not_yunet_onnx(tmp_path)
     env = worker_env("redis://127.0.0.1:1/0", tmp_path.as_uri(), FACEQ_MODES="crop,detect",
                      FACEQ_DETECTOR_WEIGHTS=str(other), FACEQ_DETECT_ENGINE=engine)
     done = subprocess.run([sys.executable, "-m", "faceq.workers", "--device", "cpu"], env=env, capture_output=True,
